@@ -1,0 +1,354 @@
+"""The ``medsynth`` command line (typer). The only module that parses arguments or prints.
+
+Typical session::
+
+    medsynth train --modality xray                 # embedded phantom radiographs, ~5 min on 2 cores
+    medsynth generate runs/00000-xray-dcgan --count 400 --format dicom
+    medsynth augment --synthetic runs/00000-xray-dcgan/synthetic/manifest.csv --out aug/
+    medsynth benchmark --real sample_data/manifest.csv --synthetic runs/00000-xray-dcgan
+    medsynth report runs/00000-xray-dcgan
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from medsynth.errors import MedsynthError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="medsynth: train GANs on chest X-ray / CT, write synthetic augmentation sets, "
+                       "and measure whether they help tumour detection. Works offline.")
+
+log = logging.getLogger("medsynth")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medsynth").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _friendly(fn: Callable) -> Callable:
+    """Turn MedsynthError (bad input) into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _setup_logging(os.environ.get("MEDSYNTH_VERBOSE") == "1")
+        try:
+            return fn(*args, **kwargs)
+        except MedsynthError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: the last checkpoint is kept; continue with --resume RUN", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def default_data() -> Path:
+    """The embedded phantom sample set (``sample_data/manifest.csv`` beside the package)."""
+    from medsynth.config import PACKAGE_ROOT
+
+    for root in (PACKAGE_ROOT, Path.cwd()):
+        p = root / "sample_data" / "manifest.csv"
+        if p.exists():
+            return p
+    raise MedsynthError("sample_data/manifest.csv", "embedded sample data not found; "
+                                                    "make it with `medsynth sample-data --out sample_data`")
+
+
+def _data_source(source: str) -> str:
+    return str(default_data()) if source in ("", "default") else source
+
+
+def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_window: Any, split: str | None):
+    from medsynth.data.dataset import load_image_set
+
+    return load_image_set(_data_source(source), modality=modality, size=size, spatial_dims=spatial_dims,
+                          split=split, ct_window=ct_window)
+
+
+# --------------------------------------------------------------------------------------------
+@app.command()
+@_friendly
+def train(
+    modality: str = typer.Option("xray", help="xray or ct"),
+    model: str = typer.Option("dcgan", help="registered variant (see `medsynth models`)"),
+    data: str = typer.Option("default", help="manifest CSV, folder, .npz, or the LIDC folder; default: embedded phantoms"),
+    size: Optional[int] = typer.Option(None, help="image size (power of two)"),
+    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="2 (radiographs/slices) or 3 (CT volumes)"),
+    steps: Optional[int] = typer.Option(None, help="training steps"),
+    minutes: Optional[float] = typer.Option(None, help="wall-clock cap in minutes"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    seed: Optional[int] = typer.Option(None),
+    conditional: Optional[bool] = typer.Option(None, "--conditional/--unconditional",
+                                               help="class-conditional on the label column (nodule present)"),
+    out: str = typer.Option("runs", help="parent folder of run directories"),
+    preset: Optional[Path] = typer.Option(None, help="YAML preset (default: pipelines/<modality>_<model>.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override any setting: --set model.width=16"),
+    resume: Optional[Path] = typer.Option(None, help="continue this run directory exactly from its last checkpoint"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train a generator. Writes runs/NNNNN-<modality>-<model>/ (config, stats, grids, checkpoints)."""
+    from medsynth import config as C
+    from medsynth.train.loop import new_run_dir
+    from medsynth.train.loop import train as run_train
+
+    if resume is not None:
+        cfg = C.load_config(resume / "config.yaml")
+        extra: dict[str, Any] = {}
+        if steps is not None:
+            extra.setdefault("train", {})["steps"] = steps
+        if minutes is not None:
+            extra.setdefault("train", {})["minutes"] = minutes
+        cfg = C.from_dict({**cfg.to_dict(), **{k: {**cfg.to_dict()[k], **v} for k, v in extra.items()}})
+        run_dir = resume
+    else:
+        if modality not in ("xray", "ct"):
+            raise MedsynthError("--modality", f"must be xray or ct, got {modality!r}")
+        preset_path = preset or C.find_preset(modality, model)
+        base: dict[str, Any] = {"data": {"modality": modality, "source": data}, "model": {"name": model},
+                                "train": {"out": out}}
+        for section, key, value in [("data", "size", size), ("data", "spatial_dims", spatial_dims),
+                                    ("train", "steps", steps), ("train", "minutes", minutes),
+                                    ("train", "batch_size", batch_size), ("train", "seed", seed)]:
+            if value is not None:
+                base[section][key] = value
+        if conditional is not None:
+            base["model"]["num_classes"] = 2 if conditional else 0
+        cfg = C.resolve(preset=preset_path, overrides=set_, base=base)
+        if cfg.data.source in ("", "default"):
+            cfg.data.source = str(default_data())
+        run_dir = None
+    d = cfg.data
+    t0 = time.perf_counter()
+    ds = _load_set(d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+                   ct_window=d.ct_window, split=d.split)
+    labels = ds.labels if cfg.model.num_classes > 0 else None
+    typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {d.source} "
+               f"(split {d.split}) in {time.perf_counter() - t0:.1f}s", err=True)
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.train.out, f"{d.modality}-{cfg.model.name}")
+    typer.echo(f"run: {run_dir}", err=True)
+    res = run_train(cfg, ds.images, labels, run_dir, resume=resume is not None, progress=progress)
+    typer.echo(f"done: {res.step} steps, {res.seconds / 60:.1f} min, {res.images_per_second:.0f} img/s -> {res.run_dir}")
+
+
+@app.command()
+@_friendly
+def generate(
+    run: Path = typer.Argument(..., help="run directory (or checkpoint file)"),
+    count: int = typer.Option(100, help="number of images"),
+    class_: Optional[int] = typer.Option(None, "--class", help="class label for all images (conditional models)"),
+    seed: int = typer.Option(0),
+    fmt: str = typer.Option("png", "--format", help="png, dicom or nifti"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default RUN/synthetic)"),
+):
+    """Write synthetic images (marked synthetic) and a manifest.csv."""
+    import torch
+
+    from medsynth.data.writers import SyntheticInfo, write_synthetic_set
+    from medsynth.train.loop import load_trained
+
+    if fmt not in ("png", "dicom", "nifti"):
+        raise MedsynthError("--format", f"must be png, dicom or nifti, got {fmt!r}")
+    cfg, model, ck = load_trained(run)
+    g = torch.Generator().manual_seed(seed)
+    labels = None
+    if model.num_classes > 0:
+        labels = (torch.full((count,), class_, dtype=torch.long) if class_ is not None
+                  else torch.arange(count) % model.num_classes)
+        if class_ is not None and not 0 <= class_ < model.num_classes:
+            raise MedsynthError("--class", f"model has classes 0..{model.num_classes - 1}")
+    elif class_ is not None:
+        raise MedsynthError("--class", "this model is unconditional")
+    images = model.sample(count, labels=labels, generator=g)
+    run_dir = run if run.is_dir() else run.parent.parent
+    out = out or run_dir / "synthetic"
+    info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed)
+    lab = labels if labels is not None else torch.full((count,), -1, dtype=torch.long)
+    df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt, info=info,
+                             ct_window=cfg.data.ct_window)
+    typer.echo(f"wrote {len(df)} synthetic {fmt} images -> {out} (manifest.csv)")
+
+
+@app.command()
+@_friendly
+def augment(
+    synthetic: Path = typer.Option(..., help="synthetic manifest.csv (from `medsynth generate`)"),
+    real: str = typer.Option("default", help="real manifest CSV (default: embedded phantoms)"),
+    modality: str = typer.Option("xray"),
+    out: Path = typer.Option(..., help="output folder for the augmented manifest"),
+):
+    """Write an augmented dataset manifest: every real row (its split kept) + synthetic rows in the
+    training split, each marked source=real|synthetic. Files are referenced, not copied."""
+    from medsynth.data.manifest import read_manifest, select_rows, write_manifest
+    import pandas as pd
+
+    real_df = select_rows(read_manifest(_data_source(real)), modality=modality)
+    syn_df = read_manifest(synthetic)
+    real_df = real_df.assign(source="real")
+    syn_df = syn_df.assign(source="synthetic", split="train")
+    df = pd.concat([real_df, syn_df], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(df, out / "manifest.csv")
+    n_tr = int((real_df.get("split") == "train").sum()) if "split" in real_df else len(real_df)
+    typer.echo(f"augmented manifest: {n_tr} real training + {len(syn_df)} synthetic rows "
+               f"({len(real_df)} real rows in all) -> {out / 'manifest.csv'}")
+
+
+def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial_dims: int, modality: str, ct_window):
+    """A synthetic ImageSet from a run directory (sampled now, balanced classes) or a manifest."""
+    import torch
+
+    from medsynth.data.dataset import ImageSet
+    from medsynth.train.loop import load_trained
+
+    p = Path(spec)
+    if p.is_dir() and (p / "checkpoints").exists():
+        cfg, model, _ = load_trained(p)
+        if model.num_classes <= 0:
+            raise MedsynthError(p, "benchmark needs a class-conditional generator (train with --conditional)")
+        if cfg.data.size != size or cfg.data.spatial_dims != spatial_dims:
+            raise MedsynthError(p, f"generator makes {cfg.data.size}px {cfg.data.spatial_dims}D images, "
+                                   f"benchmark uses {size}px {spatial_dims}D")
+        labels = torch.arange(count) % model.num_classes
+        images = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
+        n = len(images)
+        return ImageSet(images=images, labels=labels, patient_ids=[f"synthetic-{i}" for i in range(n)],
+                        paths=[""] * n, splits=["train"] * n, modality=modality)
+    return _load_set(spec, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window, split=None)
+
+
+@app.command()
+@_friendly
+def benchmark(
+    real: str = typer.Option("default", help="real data with patient-level splits: manifest CSV or the LIDC folder"),
+    synthetic: Optional[str] = typer.Option(None, help="run directory (sampled now) or synthetic manifest CSV"),
+    modality: str = typer.Option("xray"),
+    size: int = typer.Option(64),
+    spatial_dims: int = typer.Option(2, "--spatial-dims"),
+    ct_window: str = typer.Option("lung", "--ct-window"),
+    fractions: str = typer.Option("0.1,0.25,1.0", help="real training fractions"),
+    seeds: int = typer.Option(3, help="number of seeds"),
+    epochs: int = typer.Option(15),
+    synthetic_ratio: float = typer.Option(1.0, "--synthetic-ratio", help="synthetic images per real training image"),
+    n_boot: int = typer.Option(1000, "--n-boot"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/benchmark or benchmarks/<name>)"),
+):
+    """Tumour classifier trained real-only vs real+synthetic at reduced real fractions, several seeds,
+    patient-held-out test set: AUROC/sensitivity/specificity with bootstrap 95% CIs and paired differences."""
+    from pipelines.benchmark import run_benchmark, write_benchmark
+
+    fr = tuple(float(f) for f in fractions.split(","))
+    real_set = _load_set(real, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window, split=None)
+    syn_set = None
+    if synthetic:
+        n_train = sum(s == "train" for s in real_set.splits)
+        syn_set = _synthetic_set(synthetic, real_set, count=max(2, int(round(synthetic_ratio * n_train))), seed=1234,
+                                 size=size, spatial_dims=spatial_dims, modality=modality, ct_window=ct_window)
+    t0 = time.perf_counter()
+    result = run_benchmark(real_set, syn_set, fractions=fr, seeds=tuple(range(seeds)), epochs=epochs,
+                           synthetic_ratio=synthetic_ratio, n_boot=n_boot)
+    if out is None:
+        sp = Path(synthetic) if synthetic else None
+        out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality}-{Path(real).stem or 'data'}"
+    write_benchmark(result, out)
+    typer.echo(f"benchmark ({time.perf_counter() - t0:.0f}s) -> {out}")
+    summ = out / "results.json"
+    if summ.exists():
+        typer.echo(_benchmark_table(json.loads(summ.read_text())))
+
+
+def _benchmark_table(res: dict) -> str:
+    rows = res.get("summary") or []
+    lines = []
+    for r in rows:
+        parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                 if not isinstance(v, (list, dict))]
+        lines.append("  " + " ".join(parts))
+    return "\n".join(lines)
+
+
+@app.command()
+@_friendly
+def report(
+    run: Path = typer.Argument(..., help="run directory"),
+    real: Optional[str] = typer.Option(None, help="real data (default: the run's training data)"),
+    benchmark_dir: Optional[Path] = typer.Option(None, "--benchmark", help="benchmark folder (default RUN/benchmark)"),
+    count: int = typer.Option(500, help="synthetic images sampled for the fidelity/privacy audit"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("reports"), help="parent folder of reports"),
+):
+    """Markdown + HTML + JSON report in reports/<run>/: config, samples beside real images, curves,
+    benchmark, Frechet distance on a self-trained encoder, nearest-neighbour memorisation check."""
+    import torch
+
+    from medsynth.report.build import build_report
+    from medsynth.train.loop import load_trained
+
+    cfg, model, _ = load_trained(run)
+    d = cfg.data
+    real_set = _load_set(real or d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+                         ct_window=d.ct_window, split="train")
+    labels = (torch.arange(count) % model.num_classes) if model.num_classes > 0 else None
+    syn = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
+    bdir = benchmark_dir or (run / "benchmark")
+    path = build_report(run, real_train=real_set, synthetic=syn, synthetic_labels=labels, out_root=out,
+                        benchmark_dir=bdir if bdir.exists() else None, seed=seed)
+    typer.echo(f"report -> {path}")
+
+
+@app.command("sample-data")
+@_friendly
+def sample_data(
+    out: Path = typer.Option(Path("sample_data"), help="output folder"),
+    n_xray: int = typer.Option(400, "--n-xray", help="patients with radiographs"),
+    n_ct: int = typer.Option(300, "--n-ct", help="patients with CT"),
+    seed: int = typer.Option(0),
+):
+    """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
+    from medsynth.phantom import generate_sample_data
+
+    t0 = time.perf_counter()
+    manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, seed=seed)
+    typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
+
+
+@app.command()
+@_friendly
+def models():
+    """List the registered GAN variants."""
+    from medsynth.models.registry import get_model, list_models
+
+    for name in list_models():
+        doc = (get_model(name).__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:12s} {doc[0] if doc else ''}")
+
+
+@app.command()
+@_friendly
+def info(path: Path = typer.Argument(..., help="a file or folder")):
+    """What medsynth reads from a file or folder: modality, shape, spacing, intensities, labels."""
+    from medsynth.data.info import describe
+
+    for key, value in describe(path).items():
+        typer.echo(f"{key}: {value}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

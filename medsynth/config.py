@@ -1,0 +1,231 @@
+"""Run configuration: dataclass defaults -> YAML preset (``pipelines/*.yaml``) -> ``--set key=value``.
+
+The resolved config is a plain nested dict when saved (``config.yaml`` in every run directory)
+and inside checkpoints, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medsynth.errors import MedsynthError
+
+#: The repository / installed package root (parent of ``medsynth/``).
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PRESET_DIR = PACKAGE_ROOT / "pipelines"
+
+
+@dataclass
+class DataConfig:
+    """Where training images come from and how they are prepared.
+
+    Attributes:
+        source: manifest CSV, folder, ``.npz`` or LIDC folder; ``"default"`` means the embedded
+            phantom sample data (``sample_data/manifest.csv``).
+        modality: ``"xray"`` or ``"ct"``.
+        size: model input edge length in pixels (voxels for 3D).
+        spatial_dims: 2 (radiographs, CT slices) or 3 (CT volumes).
+        ct_window: CT window name (``"lung"``, ``"mediastinal"``) or ``[centre, width]`` in HU.
+        split: which split to train on (``"train"``; ``None`` = all rows).
+    """
+
+    source: str = "default"
+    modality: str = "xray"
+    size: int = 64
+    spatial_dims: int = 2
+    ct_window: Any = "lung"
+    split: str | None = "train"
+
+
+@dataclass
+class ModelConfig:
+    """Generator/discriminator settings common to all variants.
+
+    Attributes:
+        name: registered variant name (``medsynth models`` lists them).
+        latent_dim: size of the generator's noise vector z.
+        width: base channel width (the widest layer is ``8 * width``).
+        num_classes: 0 for unconditional, else number of class labels (e.g. 2 = nodule absent/present).
+        lr_g, lr_d: Adam learning rates of the generator and discriminator phases.
+        betas: Adam betas.
+        ema_beta: decay of the exponential moving average of the generator (0 disables EMA).
+        params: variant-specific hyper-parameters (each variant documents and validates its own).
+    """
+
+    name: str = "dcgan"
+    latent_dim: int = 128
+    width: int = 32
+    num_classes: int = 0
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_beta: float = 0.999
+    params: dict[str, Any] = field(default_factory=dict)
+    # Filled from DataConfig at resolve time so a model file is self-describing.
+    size: int = 64
+    spatial_dims: int = 2
+    channels: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings.
+
+    Attributes:
+        steps: number of training steps (one step runs every phase that is due).
+        minutes: optional wall-clock cap; training stops at whichever of steps/minutes comes first.
+        batch_size: images per phase update.
+        seed: seeds data order, initialisation and noise.
+        tick_every: steps between stats lines (``stats.jsonl``).
+        sample_every: steps between sample grids.
+        checkpoint_every: steps between checkpoints (a final one is always written).
+        threads: torch intra-op threads (``None``: leave torch's default).
+        out: parent folder of run directories.
+    """
+
+    steps: int = 1000
+    minutes: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+    tick_every: int = 50
+    sample_every: int = 250
+    checkpoint_every: int = 250
+    threads: int | None = None
+    out: str = "runs"
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively (YAML- and ``weights_only``-friendly)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _merge(dc: Any, values: dict[str, Any], where: str) -> Any:
+    """Return a copy of dataclass ``dc`` with ``values`` merged in (nested, strict keys)."""
+    known = {f.name: f for f in dataclasses.fields(dc)}
+    updates = {}
+    for key, value in values.items():
+        if key not in known:
+            raise MedsynthError(where, f"unknown setting {key!r}; known: {', '.join(known)}")
+        current = getattr(dc, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise MedsynthError(where, f"{key!r} must be a mapping")
+            updates[key] = _merge(current, value, where)
+        elif key == "params":
+            updates[key] = {**current, **(value or {})}
+        elif isinstance(current, tuple) and isinstance(value, list):
+            updates[key] = tuple(value)
+        else:
+            updates[key] = value
+    return dataclasses.replace(dc, **updates)
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a RunConfig from a nested dict (e.g. a saved ``config.yaml``)."""
+    return _merge(RunConfig(), values or {}, where)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value parsed as YAML: numbers, bools, lists, null)."""
+    if "=" not in text:
+        raise MedsynthError("--set", f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise MedsynthError("--set", f"cannot parse value of {key!r}: {exc}") from None
+    return key.strip().split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    for key in path[:-1]:
+        cur = cur.setdefault(key, {})
+    cur[path[-1]] = value
+    return out
+
+
+def find_preset(modality: str, model: str) -> Path | None:
+    """The preset ``pipelines/<modality>_<model>.yaml`` if it exists."""
+    p = PRESET_DIR / f"{modality}_{model}.yaml"
+    return p if p.exists() else None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise MedsynthError(path, "preset file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MedsynthError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MedsynthError(path, "a preset must be a mapping of sections (data, model, train)")
+    return data
+
+
+def resolve(
+    *,
+    preset: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults <- preset YAML <- ``base`` dict (CLI options) <- ``--set`` overrides.
+
+    The model's ``size``/``spatial_dims`` are copied from the data section so saved models are
+    self-describing.
+    """
+    cfg = RunConfig()
+    if preset is not None:
+        cfg = _merge(cfg, load_yaml(preset), str(preset))
+    if base:
+        cfg = _merge(cfg, base, "command line")
+    for text in overrides or []:
+        path, value = parse_override(text)
+        cfg = _merge(cfg, _nest(path, value), f"--set {text}")
+    cfg.model = dataclasses.replace(cfg.model, size=int(cfg.data.size), spatial_dims=int(cfg.data.spatial_dims))
+    return cfg
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text via a temporary file and ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return from_dict(load_yaml(path), str(path))

@@ -1,0 +1,172 @@
+"""The variant contract: what every GAN in medsynth declares so the one training loop can run it.
+
+A variant lists its *phases* (which sub-modules one optimiser updates, how often, with how many
+repeats) and computes a loss per phase. The loop in :mod:`medsynth.train.loop` runs the phases
+and never asks which model it is running.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimiser and what it updates.
+
+    Attributes:
+        name: phase name, also the optimiser's key in checkpoints (``"G"``, ``"D"``, ...).
+        modules: attribute names of the sub-modules whose parameters this phase updates.
+        lr: Adam learning rate.
+        betas: Adam betas.
+        every: run on steps with ``step % every == 0`` (lazy regularisation).
+        repeats: updates per step, each on a fresh batch (``n_critic``).
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    lr: float
+    betas: tuple[float, float] = (0.5, 0.999)
+    every: int = 1
+    repeats: int = 1
+
+
+@dataclass
+class Batch:
+    """A training batch.
+
+    Attributes:
+        images: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` float32 in [-1, 1].
+        labels: ``(N,)`` int64 class labels, or ``None`` for unconditional training.
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+
+
+@dataclass
+class VariantParams:
+    """Base class for a variant's own hyper-parameters (``model.params`` in the config)."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, variant: str):
+        from medsynth.errors import MedsynthError
+
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MedsynthError(f"model.params ({variant})", f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class GANVariant(nn.Module):
+    """Base class of all registered GAN variants.
+
+    Subclasses build their networks in ``__init__(cfg)`` (a :class:`~medsynth.config.ModelConfig`)
+    and implement :meth:`phases`, :meth:`loss` and :meth:`generate`. Everything needed to resume
+    exactly (EMA weights, schedules) must live in parameters or buffers so ``state_dict`` holds it.
+    """
+
+    registry_name: str = "?"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.spatial_dims = int(cfg.spatial_dims)
+        self.image_shape = (int(cfg.channels),) + (int(cfg.size),) * self.spatial_dims
+        self.num_classes = int(cfg.num_classes)
+
+    # ---- the contract -------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def loss(self, phase: str, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss for ``phase`` on ``batch`` and a dict of floats to log."""
+        raise NotImplementedError
+
+    def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
+        """Map latents (and labels) to images ``(N, C, *S)`` in [-1, 1]."""
+        raise NotImplementedError
+
+    def on_step_end(self, step: int) -> None:
+        """Called by the loop after each step (EMA, schedules). Default: EMA update if present."""
+        if getattr(self, "G_ema", None) is not None:
+            # Warm-up: early on the average follows the generator closely, so short runs get a
+            # useful EMA instead of one dominated by the random initialisation.
+            beta = min(float(self.cfg.ema_beta), (1.0 + step) / (10.0 + step))
+            ema_update(self.G_ema, self.G, beta)
+
+    # ---- shared helpers ----------------------------------------------------------------
+    def latent(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """Standard normal latents ``(n, latent_dim)``."""
+        return torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
+
+    def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        if self.num_classes <= 0:
+            return None
+        return torch.randint(0, self.num_classes, (n,), generator=generator)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        labels: Tensor | int | None = None,
+        generator: torch.Generator | None = None,
+        ema: bool = True,
+        batch_size: int = 256,
+    ) -> Tensor:
+        """Draw ``n`` images ``(n, C, *S)`` in [-1, 1], in eval mode, from the EMA generator if any.
+
+        Args:
+            labels: ``None`` (random classes when conditional), an int class for all, or ``(n,)``.
+            generator: a seeded ``torch.Generator`` makes the output reproducible.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            if self.num_classes > 0:
+                if labels is None:
+                    labels = self.random_labels(n, generator)
+                elif isinstance(labels, int):
+                    if not 0 <= labels < self.num_classes:
+                        raise ValueError(f"class {labels} outside 0..{self.num_classes - 1}")
+                    labels = torch.full((n,), labels, dtype=torch.long)
+            else:
+                labels = None
+            z = self.latent(n, generator)
+            out = []
+            for i in range(0, n, batch_size):
+                lab = None if labels is None else labels[i : i + batch_size]
+                out.append(self.generate(z[i : i + batch_size], lab, ema=ema))
+            return torch.cat(out).clamp(-1, 1) if out else torch.empty((0,) + self.image_shape)
+        finally:
+            self.train(was_training)
+
+    def sub_modules(self, names: tuple[str, ...]) -> Iterator[nn.Parameter]:
+        for name in names:
+            yield from getattr(self, name).parameters()
+
+
+def make_ema(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` for the exponential moving average of its weights."""
+    ema = copy.deepcopy(module)
+    ema.requires_grad_(False)
+    ema.eval()
+    return ema
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """``ema <- beta * ema + (1 - beta) * model`` for parameters; buffers copied."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1.0 - beta)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)

@@ -1,0 +1,76 @@
+"""DCGAN (Radford et al. 2016) with the recipe that resisted mode collapse on chest phantoms.
+
+Medical job: the quick, light baseline generator for radiographs and CT slices (2D) or small
+CT volumes (3D), optionally class-conditional (nodule absent/present) for augmentation.
+
+Recipe (measured on phantom chest radiographs at 64², width 32, batch 64, ~5 min on 2 CPU
+cores): non-saturating BCE loss, one-sided label smoothing (real target 0.9) and a
+minibatch-standard-deviation channel in D. A plain DCGAN collapsed to one image in that budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from medsynth import losses
+from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.layers import DCDiscriminator, DCGenerator, init_dcgan_weights
+from medsynth.models.registry import register_model
+
+
+@dataclass
+class DCGANParams(VariantParams):
+    """``model.params`` of DCGAN.
+
+    Attributes:
+        real_target: BCE target for real images (0.9 = one-sided label smoothing; 1.0 = off).
+        mbstd: minibatch-standard-deviation channel in D.
+        d_norm: normalisation in D (``batch``, ``instance``, ``layer``, ``none``).
+        g_norm: normalisation in G.
+    """
+
+    real_target: float = 0.9
+    mbstd: bool = True
+    d_norm: str = "batch"
+    g_norm: str = "batch"
+
+
+@register_model("dcgan")
+class DCGAN(GANVariant):
+    """DCGAN: phases D then G, one update each per step; EMA generator for sampling."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.p = DCGANParams.from_dict(cfg.params, "dcgan")
+        c, s, d = cfg.channels, cfg.size, cfg.spatial_dims
+        self.G = DCGenerator(cfg.latent_dim, s, c, cfg.width, cfg.num_classes, d, norm=self.p.g_norm)
+        self.D = DCDiscriminator(s, c, cfg.width, cfg.num_classes, d, norm=self.p.d_norm, mbstd=self.p.mbstd)
+        init_dcgan_weights(self.G)
+        init_dcgan_weights(self.D)
+        self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
+
+    def phases(self) -> list[Phase]:
+        b = tuple(self.cfg.betas)
+        return [Phase("D", ("D",), self.cfg.lr_d, b), Phase("G", ("G",), self.cfg.lr_g, b)]
+
+    def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
+        net = self.G_ema if (ema and self.G_ema is not None) else self.G
+        return net(z, labels)
+
+    def loss(self, phase: str, batch: Batch, step: int):
+        n = batch.images.shape[0]
+        labels = batch.labels if self.num_classes > 0 else None
+        z = self.latent(n, device=batch.images.device)
+        if phase == "D":
+            fake = self.G(z, labels).detach()
+            real_logits = self.D(batch.images, labels)
+            fake_logits = self.D(fake, labels)
+            loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
+            return loss, {"loss/D": loss.item(), "D(real)": real_logits.sigmoid().mean().item(),
+                          "D(fake)": fake_logits.sigmoid().mean().item()}
+        if phase == "G":
+            loss = losses.bce_g_loss(self.D(self.G(z, labels), labels))
+            return loss, {"loss/G": loss.item()}
+        raise KeyError(phase)

@@ -1,0 +1,49 @@
+"""Checkpoints: state_dicts + resolved config + versions, written atomically, loaded with
+``torch.load(weights_only=True)``. Whole modules are never pickled."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsynth.errors import MedsynthError
+
+
+def versions() -> dict[str, str]:
+    import monai
+
+    import medsynth
+
+    return {"medsynth": str(medsynth.__version__), "torch": str(torch.__version__), "monai": str(monai.__version__),
+            "python": platform.python_version()}
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (tensors, numbers, strings, nested dicts/lists) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "versions": versions()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); one-line error if unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise MedsynthError(path, "checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or not a medsynth checkpoint
+        raise MedsynthError(path, f"not a readable medsynth checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
