@@ -9,8 +9,8 @@ from medsynth.errors import MedsynthError
 
 _REGISTRY: dict[str, type] = {}
 
-#: Modules that define built-in variants; imported on first lookup so registration happens.
-_BUILTIN_MODULES = ("medsynth.models.dcgan", "medsynth.models.wgan_gp")
+#: Modules of ``medsynth.models`` that are infrastructure, not variants.
+_NOT_VARIANTS = {"base", "layers", "registry"}
 
 
 def register_model(name: str) -> Callable[[type], type]:
@@ -27,8 +27,14 @@ def register_model(name: str) -> Callable[[type], type]:
 
 
 def _load_builtins() -> None:
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    """Import every variant module in this package (one file per variant) so it registers."""
+    import pkgutil
+
+    import medsynth.models as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in _NOT_VARIANTS and not info.name.startswith("_"):
+            importlib.import_module(f"medsynth.models.{info.name}")
 
 
 def list_models() -> list[str]:
