@@ -1,0 +1,153 @@
+"""Tests for pipelines.benchmark: arms x fractions x seeds, no leakage, outputs written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medsynth.errors import MedsynthError
+from pipelines.benchmark import (
+    ARM_AUG,
+    ARM_REAL,
+    check_no_leakage,
+    run_benchmark,
+    subsample_patients,
+    write_benchmark,
+)
+
+torch.set_num_threads(1)
+
+try:  # the team's ImageSet; the benchmark only duck-types these fields
+    from medsynth.data.dataset import ImageSet
+except ImportError:  # pragma: no cover - while dataset.py is being written
+
+    @dataclass
+    class ImageSet:  # type: ignore[no-redef]
+        images: torch.Tensor
+        labels: torch.Tensor
+        patient_ids: list
+        paths: list
+        splits: list
+        modality: str
+
+
+def _images(labels: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
+    x = rng.normal(-0.3, 0.25, (len(labels), 1, size, size)).astype(np.float32)
+    c = size // 2
+    x[labels == 1, :, c - 3 : c + 3, c - 3 : c + 3] += 0.8
+    return torch.from_numpy(x).clamp(-1, 1)
+
+
+def _tiny_set(n_patients: int = 40, per: int = 2, size: int = 16, seed: int = 0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    pat_label = np.arange(n_patients) % 2
+    labels = np.repeat(pat_label, per)
+    pids = [f"P{p:03d}" for p in np.repeat(np.arange(n_patients), per)]
+    side = np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 2)[np.arange(n_patients) % 10]
+    splits = np.repeat(side, per).tolist()
+    return ImageSet(
+        images=_images(labels, size, rng), labels=torch.from_numpy(labels),
+        patient_ids=pids, paths=[f"p{i}" for i in range(len(labels))], splits=splits,
+        modality="ct",
+    )
+
+
+def _synthetic(n: int = 40, size: int = 16) -> ImageSet:
+    rng = np.random.default_rng(99)
+    labels = np.arange(n) % 2
+    return ImageSet(
+        images=_images(labels, size, rng), labels=torch.from_numpy(labels),
+        patient_ids=[f"S{i}" for i in range(n)], paths=[f"s{i}" for i in range(n)],
+        splits=["train"] * n, modality="ct",
+    )
+
+
+def test_subsample_patients_nested_stratified():
+    labels = np.repeat(np.arange(40) % 2, 3)
+    pids = np.repeat(np.arange(40), 3).astype(str)
+    subs = subsample_patients(labels, pids, (0.1, 0.5, 1.0), seed=0)
+    assert len(subs[1.0]) == 120
+    small, mid = set(subs[0.1]), set(subs[0.5])
+    assert small < mid
+    assert len(set(pids[subs[0.1]])) == 4  # 2 per class
+    assert labels[subs[0.1]].mean() == 0.5
+    other = subsample_patients(labels, pids, (0.1,), seed=1)[0.1]
+    assert set(other) != small  # the seed changes the subset
+
+
+def test_run_benchmark_all_arms_fractions_seeds(tmp_path):
+    real = _tiny_set()
+    res = run_benchmark(
+        real, _synthetic(), fractions=(0.5, 1.0), seeds=(0, 1), epochs=1, min_steps=0,
+        batch_size=16, n_boot=50, classifier_kwargs={"width": 4},
+    )
+    assert len(res.rows) == 2 * 2 * 2
+    keys = {(r["arm"], r["fraction"], r["seed"]) for r in res.rows}
+    assert keys == {(a, f, s) for a in (ARM_REAL, ARM_AUG) for f in (0.5, 1.0) for s in (0, 1)}
+    for r in res.rows:
+        for m in ("auroc", "sensitivity", "specificity", "threshold"):
+            assert np.isfinite(r[m]), (m, r)
+        if r["arm"] == ARM_AUG:
+            assert r["n_train_synthetic"] == r["n_train_real"]
+        else:
+            assert r["n_train_synthetic"] == 0
+    # both arms at a fraction and seed use the same real subset
+    real_rows = {(r["fraction"], r["seed"]): r["n_train_real"] for r in res.rows
+                 if r["arm"] == ARM_REAL}
+    for r in res.rows:
+        assert r["n_train_real"] == real_rows[(r["fraction"], r["seed"])]
+    assert len(res.summary) == 4
+    for s in res.summary:
+        assert s["auroc_lo"] <= s["auroc"] <= s["auroc_hi"]
+    assert [d["fraction"] for d in res.diffs] == [0.5, 1.0]
+    assert all(d["lo"] <= d["diff"] <= d["hi"] and 0 <= d["p"] <= 1 for d in res.diffs)
+    assert res.n_test == 16
+
+    paths = write_benchmark(res, tmp_path / "bench")
+    df = pd.read_csv(paths["csv"])
+    assert set(df["kind"]) == {"run", "summary", "diff"}
+    assert (df["kind"] == "run").sum() == 8
+    data = json.loads(paths["json"].read_text())
+    assert {"config", "rows", "summary", "diffs", "timings", "n_test"} <= set(data)
+    assert paths["plot"].stat().st_size > 1000
+
+
+def test_real_only_learns_and_is_deterministic():
+    real = _tiny_set(n_patients=60)
+    kw = dict(fractions=(1.0,), seeds=(0,), epochs=3, min_steps=30, batch_size=16, n_boot=50,
+              classifier_kwargs={"width": 4})
+    a = run_benchmark(real, None, **kw)
+    b = run_benchmark(real, None, **kw)
+    assert [r["arm"] for r in a.rows] == [ARM_REAL]
+    assert a.diffs == []
+    assert a.rows[0]["n_train_real"] == 72
+    assert a.rows[0]["epochs_run"] == 6  # 5 steps per epoch, raised to reach min_steps=30
+    assert a.rows[0]["auroc"] == b.rows[0]["auroc"]
+    assert a.summary[0]["auroc"] > 0.9  # the blob task is easy
+
+
+def test_leaking_splits_raise():
+    real = _tiny_set()
+    real.splits[0] = "test"  # P000 now has one case in test and one in train
+    with pytest.raises(MedsynthError, match="leakage"):
+        run_benchmark(real, None, fractions=(1.0,), seeds=(0,), epochs=1, n_boot=10)
+    with pytest.raises(MedsynthError, match="leakage"):
+        check_no_leakage(["a", "a", "b"], ["train", "val", "test"])
+    check_no_leakage(["a", "a", "b"], ["train", "train", "test"])
+
+
+def test_bad_inputs_raise():
+    real = _tiny_set()
+    syn = _synthetic(size=8)
+    with pytest.raises(MedsynthError, match="do not match"):
+        run_benchmark(real, syn, fractions=(1.0,), seeds=(0,), epochs=1)
+    with pytest.raises(MedsynthError, match="fraction"):
+        run_benchmark(real, None, fractions=(0.0,), seeds=(0,), epochs=1)
+    real.splits = ["train"] * len(real.splits)
+    with pytest.raises(MedsynthError, match="test"):
+        run_benchmark(real, None, fractions=(1.0,), seeds=(0,), epochs=1)
