@@ -58,7 +58,10 @@ class VariantParams:
     def from_dict(cls, values: dict[str, Any] | None, variant: str):
         from medsynth.errors import MedsynthError
 
-        values = dict(values or {})
+        from medsynth.train.augment import split_params
+
+        # The engine's common parameters (augmentation of D's input) are handled by GANVariant.
+        _, values = split_params(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -75,13 +78,20 @@ class GANVariant(nn.Module):
     """
 
     registry_name: str = "?"
+    #: Whether :meth:`generate` accepts ``truncation=psi`` (StyleGAN-style truncation trick).
+    supports_truncation: bool = False
 
     def __init__(self, cfg):
         super().__init__()
+        from medsynth.train.augment import build_augment_pipe
+
         self.cfg = cfg
         self.spatial_dims = int(cfg.spatial_dims)
         self.image_shape = (int(cfg.channels),) + (int(cfg.size),) * self.spatial_dims
         self.num_classes = int(cfg.num_classes)
+        # Augmentation of everything D sees (model.params.augment: none | diffaug | ada); None when off,
+        # so state_dicts of unaugmented models are unchanged.
+        self.augment_pipe = build_augment_pipe(cfg.params, getattr(self, "registry_name", "?"))
 
     # ---- the contract -------------------------------------------------------------------
     def phases(self) -> list[Phase]:
@@ -96,12 +106,35 @@ class GANVariant(nn.Module):
         raise NotImplementedError
 
     def on_step_end(self, step: int) -> None:
-        """Called by the loop after each step (EMA, schedules). Default: EMA update if present."""
+        """Called by the loop after each step (EMA, schedules). Default: ADA ``p`` update and EMA
+        update if present; overrides must call ``super().on_step_end(step)``."""
+        if self.augment_pipe is not None:
+            self.augment_pipe.update(step)
         if getattr(self, "G_ema", None) is not None:
             # Warm-up: early on the average follows the generator closely, so short runs get a
             # useful EMA instead of one dominated by the random initialisation.
             beta = min(float(self.cfg.ema_beta), (1.0 + step) / (10.0 + step))
             ema_update(self.G_ema, self.G, beta)
+
+    # ---- augmentation of D's input (every variant calls these around every D call) --------
+    def d_input(self, x: Tensor) -> Tensor:
+        """Augment ``(N, C, *S)`` images in [-1, 1] (real or generated) before D sees them.
+
+        Identity when ``model.params.augment`` is ``"none"``; differentiable otherwise, so G's
+        gradient flows through the augmentation.
+        """
+        return x if self.augment_pipe is None else self.augment_pipe(x)
+
+    def d_real(self, logits: Tensor) -> Tensor:
+        """Record D's logits ``(N,)`` on (augmented) real images for adaptive augmentation;
+        returns them unchanged. Call it in the main D phase only."""
+        if self.augment_pipe is not None:
+            self.augment_pipe.observe_real(logits)
+        return logits
+
+    def augment_stats(self) -> dict[str, float]:
+        """``{"aug/p": p[, "aug/rt": r_t]}`` to merge into D's loss stats (empty when off)."""
+        return {} if self.augment_pipe is None else self.augment_pipe.stats()
 
     # ---- shared helpers ----------------------------------------------------------------
     def latent(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -122,13 +155,21 @@ class GANVariant(nn.Module):
         generator: torch.Generator | None = None,
         ema: bool = True,
         batch_size: int = 256,
+        truncation: float | None = None,
     ) -> Tensor:
         """Draw ``n`` images ``(n, C, *S)`` in [-1, 1], in eval mode, from the EMA generator if any.
 
         Args:
             labels: ``None`` (random classes when conditional), an int class for all, or ``(n,)``.
             generator: a seeded ``torch.Generator`` makes the output reproducible.
+            truncation: psi in [0, 1] for variants with ``supports_truncation`` (``None``/1 = off;
+                0 = the image of the average latent). Other variants reject anything but ``None``/1.
         """
+        gen_kw = {}
+        if truncation is not None and float(truncation) != 1.0:
+            if not self.supports_truncation:
+                raise ValueError(f"model {self.registry_name!r} does not support truncation")
+            gen_kw["truncation"] = float(truncation)
         was_training = self.training
         self.eval()
         try:
@@ -145,7 +186,7 @@ class GANVariant(nn.Module):
             out = []
             for i in range(0, n, batch_size):
                 lab = None if labels is None else labels[i : i + batch_size]
-                out.append(self.generate(z[i : i + batch_size], lab, ema=ema))
+                out.append(self.generate(z[i : i + batch_size], lab, ema=ema, **gen_kw))
             return torch.cat(out).clamp(-1, 1) if out else torch.empty((0,) + self.image_shape)
         finally:
             self.train(was_training)

@@ -28,6 +28,7 @@ class DCGANParams(VariantParams):
         real_target: BCE target for real images (0.9 = one-sided label smoothing; 1.0 = off).
         mbstd: minibatch-standard-deviation channel in D.
         d_norm: normalisation in D (``batch``, ``instance``, ``layer``, ``none``).
+        d_cond: how D sees the class (``projection`` or ``channel``).
         g_norm: normalisation in G.
     """
 
@@ -35,6 +36,7 @@ class DCGANParams(VariantParams):
     mbstd: bool = True
     d_norm: str = "batch"
     g_norm: str = "batch"
+    d_cond: str = "projection"
 
 
 @register_model("dcgan")
@@ -46,7 +48,8 @@ class DCGAN(GANVariant):
         self.p = DCGANParams.from_dict(cfg.params, "dcgan")
         c, s, d = cfg.channels, cfg.size, cfg.spatial_dims
         self.G = DCGenerator(cfg.latent_dim, s, c, cfg.width, cfg.num_classes, d, norm=self.p.g_norm)
-        self.D = DCDiscriminator(s, c, cfg.width, cfg.num_classes, d, norm=self.p.d_norm, mbstd=self.p.mbstd)
+        self.D = DCDiscriminator(s, c, cfg.width, cfg.num_classes, d, norm=self.p.d_norm, mbstd=self.p.mbstd,
+                                 cond=self.p.d_cond)
         init_dcgan_weights(self.G)
         init_dcgan_weights(self.D)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
@@ -65,12 +68,12 @@ class DCGAN(GANVariant):
         z = self.latent(n, device=batch.images.device)
         if phase == "D":
             fake = self.G(z, labels).detach()
-            real_logits = self.D(batch.images, labels)
-            fake_logits = self.D(fake, labels)
+            real_logits = self.d_real(self.D(self.d_input(batch.images), labels))
+            fake_logits = self.D(self.d_input(fake), labels)
             loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
             return loss, {"loss/D": loss.item(), "D(real)": real_logits.sigmoid().mean().item(),
-                          "D(fake)": fake_logits.sigmoid().mean().item()}
+                          "D(fake)": fake_logits.sigmoid().mean().item(), **self.augment_stats()}
         if phase == "G":
-            loss = losses.bce_g_loss(self.D(self.G(z, labels), labels))
+            loss = losses.bce_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
             return loss, {"loss/G": loss.item()}
         raise KeyError(phase)

@@ -119,19 +119,27 @@ class DCDiscriminator(nn.Module):
         size: input edge length (power of two >= 8).
         channels: input channels.
         width: first layer width, doubling per halving up to ``8 * width``.
-        num_classes: > 0 adds a projection term ``<embed(y), h>`` to the logit.
+        num_classes: > 0 makes D class-conditional (see ``cond``).
+        cond: ``"projection"`` adds ``<embed(y), mean(h)>`` to the logit (Miyato & Koyama 2018);
+            ``"channel"`` appends one-hot label maps to the input (Mirza & Osindero 2014).
         norm: normalisation after each conv but the first (``"none"`` for WGAN-GP critics).
         mbstd: add a minibatch-standard-deviation channel before the last conv.
     Shapes: ``(N, channels, *[size]*d)`` in [-1, 1], labels ``(N,)`` -> logits ``(N,)``.
     """
 
     def __init__(self, size: int, channels: int = 1, width: int = 32, num_classes: int = 0,
-                 spatial_dims: int = 2, norm: str = "batch", mbstd: bool = True, mbstd_group: int = 4):
+                 spatial_dims: int = 2, norm: str = "batch", mbstd: bool = True, mbstd_group: int = 4,
+                 cond: str = "projection"):
         super().__init__()
+        if cond not in ("projection", "channel"):
+            raise ValueError(f"cond must be 'projection' or 'channel', got {cond!r}")
         d = spatial_dims
         n_down = num_doublings(size)
         Conv = conv_cls(d)
-        layers: list[nn.Module] = [Conv(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        self.num_classes = num_classes
+        self.cond = cond if num_classes > 0 else "none"
+        in_ch = channels + (num_classes if self.cond == "channel" else 0)
+        layers: list[nn.Module] = [Conv(in_ch, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         c = width
         for k in range(1, n_down):
             c_next = width * min(8, 2**k)
@@ -142,18 +150,24 @@ class DCDiscriminator(nn.Module):
         self.mbstd = MinibatchStdDev(mbstd_group) if mbstd else None
         self.final = nn.Sequential(Conv(c + (1 if mbstd else 0), c, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True))
         self.out = nn.Linear(c * 4**d, 1)
-        self.embed = nn.Embedding(num_classes, c) if num_classes > 0 else None
+        self.embed = nn.Embedding(num_classes, c) if self.cond == "projection" else None
+        if self.embed is not None:
+            # Start the class projection at zero so early logits are not dominated by it.
+            nn.init.zeros_(self.embed.weight)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.cond != "none" and labels is None:
+            raise ValueError("this discriminator is class-conditional: labels are required")
+        if self.cond == "channel":
+            onehot = torch.nn.functional.one_hot(labels, self.num_classes).to(x.dtype)
+            x = torch.cat([x, onehot.view(*onehot.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])], 1)
         h = self.features(x)
         if self.mbstd is not None:
             h = self.mbstd(h)
         h = self.final(h)
         logit = self.out(h.flatten(1)).squeeze(1)
         if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is class-conditional: labels are required")
-            logit = logit + (self.embed(labels) * h.flatten(2).sum(2)).sum(1)
+            logit = logit + (self.embed(labels) * h.flatten(2).mean(2)).sum(1)
         return logit
 
 

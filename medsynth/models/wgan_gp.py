@@ -67,13 +67,14 @@ class WGANGP(GANVariant):
         z = self.latent(n, device=batch.images.device)
         if phase == "D":
             fake = self.G(z, labels).detach()
-            real_s = self.D(batch.images, labels)
+            real, fake = self.d_input(batch.images), self.d_input(fake)
+            real_s = self.d_real(self.D(real, labels))
             fake_s = self.D(fake, labels)
             w = losses.wgan_d_loss(real_s, fake_s)
-            gp = losses.gradient_penalty(lambda x: self.D(x, labels), batch.images, fake)
+            gp = losses.gradient_penalty(lambda x: self.D(x, labels), real, fake.detach())
             loss = w + self.p.gp_weight * gp + self.p.drift_weight * losses.drift_penalty(real_s)
-            return loss, {"loss/D": loss.item(), "wasserstein": -w.item(), "gp": gp.item()}
+            return loss, {"loss/D": loss.item(), "wasserstein": -w.item(), "gp": gp.item(), **self.augment_stats()}
         if phase == "G":
-            loss = losses.wgan_g_loss(self.D(self.G(z, labels), labels))
+            loss = losses.wgan_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
             return loss, {"loss/G": loss.item()}
         raise KeyError(phase)
