@@ -27,6 +27,8 @@ class Phase:
         betas: Adam betas.
         every: run on steps with ``step % every == 0`` (lazy regularisation).
         repeats: updates per step, each on a fresh batch (``n_critic``).
+        optimizer: share the Adam optimiser of the phase with this name (lazy regularisation
+            phases reuse their main phase's optimiser, as in StyleGAN2); ``None`` = its own.
     """
 
     name: str
@@ -35,6 +37,11 @@ class Phase:
     betas: tuple[float, float] = (0.5, 0.999)
     every: int = 1
     repeats: int = 1
+    optimizer: str | None = None
+
+    @property
+    def opt_key(self) -> str:
+        return self.optimizer or self.name
 
 
 @dataclass

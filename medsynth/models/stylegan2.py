@@ -31,11 +31,9 @@ buffer tracked during G updates (decay ``w_avg_beta``); for a class-conditional 
 **per class** (row ``y`` of a ``(num_classes, w_dim)`` buffer), so ``psi = 0`` gives the
 prototypical image of each class; unconditional models keep one row.
 
-Deviation from the paper: our loop gives each phase its own Adam, so ``Dreg``/``Greg`` do not
-share moment estimates with ``D``/``G`` (the paper folds the lazy terms into the main optimiser).
-Adam normalises step size, so the strength of these lazy phases is set mostly by their learning
-rate (``lr * every / (every + 1)``, as in the paper's lazy-regularisation correction) rather than
-by ``r1_gamma``/``pl_weight``.
+Lazy regularisation as in the paper: ``Dreg``/``Greg`` share the Adam optimiser of ``D``/``G``
+(``Phase.optimizer``), whose learning rate and betas carry the lazy-regularisation correction
+``r = every / (every + 1)`` (``lr * r``, ``beta ** r``); the regulariser terms are scaled by ``every``.
 """
 
 from __future__ import annotations
@@ -334,14 +332,16 @@ class StyleGAN2(GANVariant):
     def phases(self) -> list[Phase]:
         b = tuple(self.cfg.betas)
 
-        def lazy(name: str, module: str, lr: float, every: int) -> Phase:
+        def opt(lr: float, every: int) -> tuple[float, tuple[float, float]]:
             r = every / (every + 1)
-            return Phase(name, (module,), lr * r, (b[0] ** r, b[1] ** r), every=every)
+            return lr * r, (b[0] ** r, b[1] ** r)
 
-        out = [Phase("D", ("D",), self.cfg.lr_d, b), lazy("Dreg", "D", self.cfg.lr_d, self.p.r1_every),
-               Phase("G", ("G",), self.cfg.lr_g, b)]
+        d_lr, d_b = opt(self.cfg.lr_d, self.p.r1_every)
+        out = [Phase("D", ("D",), d_lr, d_b), Phase("Dreg", ("D",), d_lr, d_b, every=self.p.r1_every, optimizer="D")]
+        g_lr, g_b = opt(self.cfg.lr_g, self.p.pl_every) if self.p.pl_weight > 0 else (self.cfg.lr_g, b)
+        out.append(Phase("G", ("G",), g_lr, g_b))
         if self.p.pl_weight > 0:
-            out.append(lazy("Greg", "G", self.cfg.lr_g, self.p.pl_every))
+            out.append(Phase("Greg", ("G",), g_lr, g_b, every=self.p.pl_every, optimizer="G"))
         return out
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True,

@@ -119,8 +119,12 @@ def train(
     model = build_model(cfg.model)
     model.train()
     phases = model.phases()
-    opts = {ph.name: torch.optim.Adam(list(model.sub_modules(ph.modules)), lr=ph.lr, betas=ph.betas)
-            for ph in phases}
+    opts: dict[str, torch.optim.Optimizer] = {}
+    for ph in phases:  # phases naming the same optimiser share one (settings from the first)
+        if ph.opt_key not in opts:
+            owners = [q for q in phases if q.opt_key == ph.opt_key]
+            params = list({id(p): p for q in owners for p in model.sub_modules(q.modules)}.values())
+            opts[ph.opt_key] = torch.optim.Adam(params, lr=ph.lr, betas=ph.betas)
     trainable = {id(p): p for ph in phases for p in model.sub_modules(ph.modules)}
     phase_ids = {ph.name: {id(p) for p in model.sub_modules(ph.modules)} for ph in phases}
     sampler = BatchSampler(images.shape[0], tc.batch_size, tc.seed + 1)
@@ -181,9 +185,9 @@ def train(
                     checkpoint()
                     raise MedsynthError(run_dir, f"loss of phase {ph.name} became {loss.item()} at step {step}; "
                                                  "last good state is in checkpoints/last.pt (try a lower learning rate)")
-                opts[ph.name].zero_grad(set_to_none=True)
+                opts[ph.opt_key].zero_grad(set_to_none=True)
                 loss.backward()
-                opts[ph.name].step()
+                opts[ph.opt_key].step()
                 for k, v in stats.items():
                     acc[k] = acc.get(k, 0.0) + float(v)
                     acc_n[k] = acc_n.get(k, 0) + 1
