@@ -1,0 +1,522 @@
+"""Load a set of images (manifest, folder, .npz or the LIDC folder) as model-ready tensors.
+
+:func:`load_image_set` reads every image with :mod:`medsynth.data.readers` (native units),
+turns it into a channel-first array, runs the modality's MONAI pipeline
+(:mod:`medsynth.data.transforms`) once per image and stacks the results: the whole set is
+kept as precomputed tensors (the data sets here are small; this is what MONAI's
+``CacheDataset`` with ``cache_rate=1`` would hold). With ``cache_dir`` the stacked result is
+also stored as an ``.npz`` keyed by a hash of the files (paths, sizes, mtimes) and the
+pipeline parameters, so a second load skips decoding.
+
+Sources:
+
+* **manifest CSV** (:mod:`medsynth.data.manifest`): rows of the requested modality. X-ray uses
+  ``radiograph`` rows. CT with ``spatial_dims=2`` uses ``slice`` rows when the manifest has
+  any, else one axial slice per ``volume`` row: the slice where the row's ``mask`` has the
+  largest area when a mask is given, else the central slice. CT with ``spatial_dims=3`` uses
+  ``volume`` rows. When the same images are listed in several formats, one format per
+  patient is used (``dicom > dicom_series > nifti > png > npz``).
+* **folder**: scanned recursively for DICOM, NIfTI, PNG/JPEG and ``.npz`` files. Multi-slice
+  DICOM series (grouped by ``SeriesInstanceUID``) form volumes; other DICOM files are single
+  images. DICOM files whose ``Modality`` tag names the other modality are skipped. Labels come
+  from ``labels.csv`` in the folder when present (columns ``path`` or ``file`` relative to
+  the folder (or a bare file name), ``label``, optional ``patient_id``, ``split``), else -1;
+  patient ids from ``labels.csv``, else the DICOM ``PatientID``, else the file stem.
+* **.npz**: ``images`` ``(N, H, W)``/``(N, 1, H, W)`` (or ``(N, D, H, W)`` volumes), optional
+  ``labels``, ``patient_ids``, ``splits`` (or ``split``), ``masks``.
+* **LIDC folder** (holds ``nodules_axial_50px.npz``): handed to
+  ``medsynth.data.lidc.load_lidc``.
+
+Where a source has no split information, a patient-level split (60/20/20, seed 0, stratified
+by label; :func:`medsynth.data.manifest.patient_split`) is assigned.
+
+CT images given as PNG/JPEG grey levels are assumed to have been written in the requested
+``ct_window``: grey 0..max maps back to that window's HU range before the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medsynth.data.manifest import patient_split, read_manifest, select_rows
+from medsynth.data.readers import (
+    ImageRecord,
+    _dcmread,
+    _read_series,
+    detect_format,
+    dicom_modality,
+    load_npz_arrays,
+    read_image,
+    take_slices,
+)
+from medsynth.data.transforms import pipeline_for
+from medsynth.data.windows import unit_to_hu
+from medsynth.errors import MedsynthError
+
+log = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1
+_SPLIT_ALIASES = {"valid": "val", "validation": "val", "training": "train", "testing": "test"}
+
+
+@dataclass
+class ImageSet:
+    """A set of images ready for a model.
+
+    Attributes:
+        images: float32 ``(N, 1, H, W)`` or ``(N, 1, D, H, W)`` in ``[-1, 1]``.
+        labels: int64 ``(N,)``; -1 = unknown.
+        patient_ids: N patient identifiers.
+        paths: N source paths (``file.npz#i`` for images inside an npz).
+        splits: N of ``"train"``, ``"val"``, ``"test"`` (or ``""``).
+        modality: ``"xray"`` or ``"ct"``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    patient_ids: list[str]
+    paths: list[str]
+    splits: list[str]
+    modality: str
+
+    def __post_init__(self):
+        n = int(self.images.shape[0])
+        lens = {len(self.labels), len(self.patient_ids), len(self.paths), len(self.splits)}
+        if lens != {n}:
+            raise ValueError(
+                f"ImageSet fields disagree in length: images {n}, labels {len(self.labels)}, "
+                f"patient_ids {len(self.patient_ids)}, paths {len(self.paths)}, splits {len(self.splits)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, idx) -> "ImageSet":
+        """Rows ``idx`` (int sequence, numpy/torch index array or boolean mask) as a new set."""
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"boolean mask of shape {idx.shape} for {len(self)} images")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return ImageSet(
+            images=self.images[t],
+            labels=self.labels[t],
+            patient_ids=[self.patient_ids[i] for i in idx],
+            paths=[self.paths[i] for i in idx],
+            splits=[self.splits[i] for i in idx],
+            modality=self.modality,
+        )
+
+    def split(self, name: str) -> "ImageSet":
+        """The images whose split is ``name`` (``train``, ``val`` or ``test``)."""
+        return self.subset(np.array([s == name for s in self.splits], dtype=bool))
+
+
+@dataclass
+class _Item:
+    """One image to load: either a file to read or an array already in memory."""
+
+    path: str
+    label: int
+    patient_id: str
+    split: str
+    mask: str = ""
+    array: np.ndarray | None = None  # native units, (H, W) or (D, H, W)
+    mask_array: np.ndarray | None = None
+    series: tuple | None = None  # (uid, [(file, header)]) for DICOM series found in a folder
+
+
+# ----------------------------------------------------------------------------- public entry
+def load_image_set(
+    source: str | Path,
+    *,
+    modality: str = "xray",
+    size: int = 64,
+    spatial_dims: int = 2,
+    split: str | None = None,
+    ct_window: str | tuple[float, float] = "lung",
+    cache_dir: str | Path | None = None,
+) -> ImageSet:
+    """Load images as an :class:`ImageSet` of float32 tensors in [-1, 1].
+
+    Args:
+        source: a manifest CSV, a folder of images/DICOM, a ``.npz``, or the LIDC folder
+            (holding ``nodules_axial_50px.npz``).
+        modality: ``"xray"`` or ``"ct"`` (the LIDC folder is always CT).
+        size: output side length (images become ``(1, size, size)`` or ``(1, size, size, size)``).
+        spatial_dims: 2 (images/slices) or 3 (CT volumes).
+        split: keep only ``"train"``, ``"val"`` or ``"test"``.
+        ct_window: CT window name or ``(centre, width)`` HU.
+        cache_dir: optional folder for an on-disk cache of the result.
+
+    Returns:
+        :class:`ImageSet` with ``images`` ``(N, 1, size, size)`` (2D) or
+        ``(N, 1, size, size, size)`` (3D).
+
+    Raises:
+        MedsynthError: missing/unreadable sources or files, no images of the modality,
+            constant or non-finite images.
+    """
+    source = Path(source)
+    if modality not in ("xray", "ct"):
+        raise MedsynthError(None, f"modality must be 'xray' or 'ct', got {modality!r}")
+    if spatial_dims not in (2, 3):
+        raise MedsynthError(None, f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if spatial_dims == 3 and modality != "ct":
+        raise MedsynthError(None, "3D (spatial_dims=3) images are only available for CT")
+    if split is not None and split not in ("train", "val", "test"):
+        raise MedsynthError(None, f"split must be train, val or test, got {split!r}")
+    if not source.exists():
+        raise MedsynthError(source, "not found")
+
+    if source.is_dir() and (source / "nodules_axial_50px.npz").exists():
+        from medsynth.data import lidc  # another module; imported lazily
+
+        if modality != "ct":
+            log.info("%s is the LIDC CT folder; loading it as CT", source)
+        ims = lidc.load_lidc(source, spatial_dims=spatial_dims, size=size, ct_window=ct_window)
+        return ims.split(split) if split is not None else ims
+
+    params = dict(v=_CACHE_VERSION, source=str(source.resolve()), modality=modality, size=int(size),
+                  spatial_dims=spatial_dims, split=split, ct_window=list(ct_window) if not isinstance(ct_window, str) else ct_window)
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"imageset-{_fingerprint(source, params)}.npz"
+        if cache_file.exists():
+            try:
+                log.info("loading cached image set %s", cache_file)
+                return _load_cache(cache_file)
+            except Exception as exc:  # a damaged cache is rebuilt, not fatal
+                log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
+
+    if source.is_file() and source.suffix.lower() == ".csv":
+        items = _items_from_manifest(source, modality, spatial_dims, split)
+    elif source.is_file() and source.suffix.lower() == ".npz":
+        items = _items_from_npz(source, modality, spatial_dims)
+    elif source.is_dir():
+        items = _items_from_folder(source, modality, spatial_dims)
+    else:
+        rec = read_image(source, modality=modality)
+        items = [_Item(str(source), -1, source.stem, "", array=rec.array)]
+
+    if not items:
+        raise MedsynthError(source, f"no {modality} images found")
+    if any(not it.split for it in items):
+        _assign_splits(items)
+    if split is not None:
+        items = [it for it in items if it.split == split]
+        if not items:
+            raise MedsynthError(source, f"no {modality} images in split {split!r}")
+
+    ims = _build(items, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window)
+    if cache_file is not None:
+        _save_cache(cache_file, ims)
+    return ims
+
+
+# ----------------------------------------------------------------------------- sources
+def _items_from_manifest(csv: Path, modality: str, spatial_dims: int, split: str | None) -> list[_Item]:
+    df = read_manifest(csv)
+    if "modality" in df.columns:
+        df = df[df["modality"].isin([modality, ""])]
+    if "split" not in df.columns or (df["split"] == "").any():
+        # assign splits over the whole selection before any split filter
+        df = df.assign(split=df["split"] if "split" in df.columns else "")
+        missing = df["split"] == ""
+        if missing.any():
+            df.loc[missing, "split"] = patient_split(df[missing], seed=0)["split"]
+    if split is not None:
+        df = df[df["split"] == split]
+    if "kind" in df.columns and (df["kind"] != "").any():
+        kinds = set(df["kind"])
+        if modality == "xray":
+            want = "radiograph" if "radiograph" in kinds else None
+        elif spatial_dims == 3:
+            want = "volume"
+        else:
+            want = "slice" if "slice" in kinds else "volume"
+        if want is not None:
+            df = df[df["kind"].isin([want, ""])]
+    df = select_rows(df)
+    items = []
+    for r in df.to_dict("records"):
+        items.append(_Item(str(r["path"]), int(r["label"]), str(r["patient_id"]), str(r.get("split", "") or ""),
+                           mask=str(r.get("mask", "") or "")))
+    return items
+
+
+def _items_from_npz(path: Path, modality: str, spatial_dims: int) -> list[_Item]:
+    arrays = load_npz_arrays(path)
+    if "images" in arrays:
+        images = arrays["images"]
+    elif len(arrays) == 1:
+        images = next(iter(arrays.values()))
+    else:
+        raise MedsynthError(path, f"expected an array 'images'; found {', '.join(arrays) or 'none'}")
+    want = 2 + spatial_dims  # (N, C, *S)
+    if images.ndim == want and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim not in (3, 4) or (spatial_dims == 3 and images.ndim != 4):
+        raise MedsynthError(path, f"'images' has shape {images.shape}; expected (N, H, W) or (N, D, H, W)")
+    n = images.shape[0]
+    masks = arrays.get("masks")
+    if masks is not None and masks.shape[0] == n and masks.ndim == images.ndim + 1 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+
+    def _get(*keys):
+        for k in keys:
+            if k in arrays:
+                v = np.asarray(arrays[k]).reshape(-1)
+                if len(v) != n:
+                    raise MedsynthError(path, f"'{k}' has {len(v)} entries for {n} images")
+                return v
+        return None
+
+    labels = _get("labels", "label")
+    pids = _get("patient_ids", "patient_id")
+    splits = _get("splits", "split")
+    items = []
+    for i in range(n):
+        sp = str(splits[i]).lower() if splits is not None else ""
+        items.append(_Item(
+            path=f"{path}#{i}",
+            label=int(labels[i]) if labels is not None else -1,
+            patient_id=str(pids[i]) if pids is not None else f"{path.stem}_{i:05d}",
+            split=_SPLIT_ALIASES.get(sp, sp),
+            array=images[i],
+            mask_array=masks[i] if masks is not None and masks.shape == images.shape else None,
+        ))
+    return items
+
+
+def _read_labels_csv(folder: Path) -> dict[str, dict]:
+    f = folder / "labels.csv"
+    if not f.is_file():
+        return {}
+    try:
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise MedsynthError(f, f"unreadable CSV ({type(exc).__name__})") from None
+    key = next((c for c in ("path", "file", "filename", "name") if c in df.columns), None)
+    if key is None or "label" not in df.columns:
+        raise MedsynthError(f, "labels.csv needs a 'path' (or 'file') column and a 'label' column")
+    out = {}
+    for r in df.to_dict("records"):
+        try:
+            r["label"] = int(float(r["label"])) if str(r["label"]).strip() != "" else -1
+        except ValueError:
+            raise MedsynthError(f, f"label {r['label']!r} is not an integer") from None
+        out[Path(str(r[key])).as_posix().lstrip("./")] = r
+    return out
+
+
+def _lookup(labels: dict, folder: Path, path: Path) -> dict:
+    if not labels:
+        return {}
+    rel = path.relative_to(folder).as_posix()
+    for k in (rel, path.name, path.stem.replace(".nii", "")):
+        if k in labels:
+            return labels[k]
+    return {}
+
+
+def _items_from_folder(folder: Path, modality: str, spatial_dims: int) -> list[_Item]:
+    labels = _read_labels_csv(folder)
+    items: list[_Item] = []
+    dicom: dict[str, list] = {}
+    n_files = 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            f = Path(root) / name
+            n_files += 1
+            if name == "labels.csv":
+                continue
+            fmt = detect_format(f)
+            if fmt is None:
+                continue
+            if fmt == "dicom":
+                ds = _dcmread(f, stop_before_pixels=True)
+                if "Rows" not in ds:
+                    log.debug("skipping %s: no image", f)
+                    continue
+                mod = dicom_modality(ds.get("Modality"))
+                if mod not in ("unknown", modality):
+                    log.info("skipping %s: modality %s, not %s", f, mod, modality)
+                    continue
+                uid = str(ds.get("SeriesInstanceUID", "")) or f"<no-uid:{f}>"
+                dicom.setdefault(uid, []).append((f, ds))
+                continue
+            if fmt == "npz":
+                items.extend(_items_from_npz(f, modality, spatial_dims))
+                continue
+            lab = _lookup(labels, folder, f)
+            stem = f.name.split(".")[0]
+            items.append(_Item(str(f), int(lab.get("label", -1)), str(lab.get("patient_id") or stem),
+                               str(lab.get("split", "") or "").lower()))
+    if n_files == 0:
+        raise MedsynthError(folder, "empty folder")
+    for uid, group in sorted(dicom.items()):
+        is_volume = len(group) > 1 and all(
+            int(d.get("NumberOfFrames", 1) or 1) == 1 and d.get("ImagePositionPatient") is not None for _, d in group
+        ) and (modality == "ct")
+        if is_volume:
+            parent = Path(os.path.commonpath([str(f) for f, _ in group]))
+            lab = _lookup(labels, folder, parent) if parent != folder else {}
+            pid = str(lab.get("patient_id") or group[0][1].get("PatientID", "") or parent.name)
+            items.append(_Item(str(parent), int(lab.get("label", -1)), pid, str(lab.get("split", "") or "").lower(),
+                               series=(uid, group)))
+        else:
+            for f, d in group:
+                lab = _lookup(labels, folder, f)
+                pid = str(lab.get("patient_id") or d.get("PatientID", "") or f.stem)
+                items.append(_Item(str(f), int(lab.get("label", -1)), pid, str(lab.get("split", "") or "").lower()))
+    items.sort(key=lambda it: it.path)
+    return items
+
+
+def _assign_splits(items: list[_Item]) -> None:
+    todo = [i for i, it in enumerate(items) if not it.split]
+    df = pd.DataFrame({"patient_id": [items[i].patient_id for i in todo], "label": [items[i].label for i in todo]})
+    sp = patient_split(df, seed=0)["split"].tolist()
+    for i, s in zip(todo, sp):
+        items[i].split = s
+
+
+# ----------------------------------------------------------------------------- loading
+def _native(item: _Item, modality: str, ct_window) -> tuple[np.ndarray, np.ndarray | None]:
+    """The item's array in native units (HU for CT) and its mask (or None)."""
+    mask = item.mask_array
+    if item.array is not None:
+        return np.asarray(item.array, dtype=np.float32), mask
+    if item.series is not None:
+        rec = _read_series(item.series[0], item.series[1], modality)
+    else:
+        rec = read_image(item.path, modality=modality)
+    arr = rec.array
+    if modality == "ct" and rec.meta.get("format") not in ("dicom", "dicom_series", "nifti", "npz"):
+        # display grey levels (PNG/JPEG) -> HU of the window they were written in
+        top = 65535.0 if str(rec.meta.get("pil_mode", "L")).startswith("I") else 255.0
+        arr = unit_to_hu(arr / top * 2.0 - 1.0, ct_window).astype(np.float32)
+    if item.mask:
+        mask = read_image(item.mask).array
+        if mask.shape != arr.shape:
+            raise MedsynthError(item.mask, f"mask shape {mask.shape} differs from image shape {arr.shape} ({item.path})")
+    return arr, mask
+
+
+def _prepare(item: _Item, modality: str, spatial_dims: int, ct_window) -> np.ndarray:
+    """Native array -> channel-first (1, *S) array of the right dimensionality."""
+    arr, mask = _native(item, modality, ct_window)
+    if spatial_dims == 2:
+        if arr.ndim == 3:
+            if modality != "ct":
+                if arr.shape[0] == 1:
+                    arr = arr[0]
+                else:
+                    raise MedsynthError(item.path, f"expected a 2D radiograph, got a {arr.ndim}D array of shape {arr.shape}")
+            else:
+                arr = take_slices(arr, n=1, mask=mask if mask is not None and mask.shape == arr.shape else None)[0][0]
+    elif arr.ndim != 3:
+        raise MedsynthError(item.path, f"expected a 3D volume for spatial_dims=3, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise MedsynthError(item.path, "image has non-finite values (NaN or inf)")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        raise MedsynthError(item.path, f"constant image (every value = {lo:g}): no contrast for a model to learn from")
+    return np.ascontiguousarray(arr[None], dtype=np.float32)
+
+
+def _build(items: list[_Item], *, modality: str, size: int, spatial_dims: int, ct_window) -> ImageSet:
+    pipe = pipeline_for(modality, size, window=ct_window, spatial_dims=spatial_dims)
+    out = torch.empty((len(items), 1) + (int(size),) * spatial_dims, dtype=torch.float32)
+    for i, it in enumerate(items):
+        x = _prepare(it, modality, spatial_dims, ct_window)
+        out[i] = pipe({"image": x})["image"]
+    log.info("loaded %d %s images at %d px", len(items), modality, size)
+    return ImageSet(
+        images=out,
+        labels=torch.tensor([it.label for it in items], dtype=torch.int64),
+        patient_ids=[it.patient_id for it in items],
+        paths=[it.path for it in items],
+        splits=[it.split for it in items],
+        modality=modality,
+    )
+
+
+# ----------------------------------------------------------------------------- cache
+def _fingerprint(source: Path, params: dict) -> str:
+    """Hash of the pipeline parameters and every file's path, size and mtime under ``source``.
+
+    For a manifest, the files it lists (and their folders' contents) are included.
+    """
+    h = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
+
+    def add(p: Path):
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    add(Path(root) / f)
+            return
+        try:
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+
+    add(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        try:
+            df = pd.read_csv(source, dtype=str, keep_default_na=False)
+        except Exception:
+            df = pd.DataFrame()
+        base = source.resolve().parent
+        for col in ("path", "mask"):
+            if col in df.columns:
+                for v in df[col]:
+                    if v:
+                        q = Path(v)
+                        add(q if q.is_absolute() else base / q)
+    return h.hexdigest()[:20]
+
+
+def _save_cache(cache_file: Path, ims: ImageSet) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".imageset-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, images=ims.images.numpy(), labels=ims.labels.numpy(),
+                     patient_ids=np.array(ims.patient_ids, dtype=str), paths=np.array(ims.paths, dtype=str),
+                     splits=np.array(ims.splits, dtype=str), modality=np.array(ims.modality))
+        os.replace(tmp, cache_file)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_cache(cache_file: Path) -> ImageSet:
+    with np.load(cache_file, allow_pickle=False) as z:
+        return ImageSet(
+            images=torch.from_numpy(z["images"].copy()),
+            labels=torch.from_numpy(z["labels"].copy()),
+            patient_ids=[str(s) for s in z["patient_ids"]],
+            paths=[str(s) for s in z["paths"]],
+            splits=[str(s) for s in z["splits"]],
+            modality=str(z["modality"]),
+        )

@@ -1,0 +1,249 @@
+"""Shared test fixtures: tiny DICOM DX / CT series, NIfTI, PNG and npz files built in tmp dirs.
+
+Factories (fixture ``make``) write files and return their paths:
+
+* ``make.dx(path, array, photometric=..., modality="DX", patient_id=..., ...)``: one DICOM
+  radiograph (uint16 stored values).
+* ``make.ct_series(folder, hu (D, H, W), spacing=(2.5, 0.7, 0.7), shuffle=True, ...)``: one
+  DICOM file per slice, HU stored with RescaleIntercept -1024, files written in shuffled order
+  with shuffled names so sorting must use ImagePositionPatient.
+* ``make.ct_slice(path, hu (H, W))``: a single CT DICOM slice.
+* ``make.nifti(path, array (X, Y[, Z]) in RAS voxel order, zooms=...)``.
+* ``make.png(path, array)``: uint8 or uint16 PNG (or RGB if array is (H, W, 3)).
+* ``make.npz(path, **arrays)``.
+
+Ready-made data fixtures: ``phantom_ct`` (a (12, 24, 20) HU volume with a bright nodule),
+``xray_dir`` (a folder of 8 DX files, 4 patients, labels.csv), ``mixed_manifest`` (a manifest
+CSV with X-ray DICOM+PNG rows and CT slice/volume rows).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _dataset(rows: int, cols: int, *, modality: str, patient_id: str, series_uid: str | None = None,
+             transfer_syntax=None):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1" if modality == "DX" else "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID = patient_id
+    ds.PatientName = "Test^Phantom"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def write_dx(path, array, *, photometric="MONOCHROME2", modality="DX", patient_id="P001",
+             spacing=(0.2, 0.2), rescale=None, bits_stored=16, pixel_data=True):
+    """Write a DICOM radiograph; ``array`` (H, W) of stored values (uint16)."""
+    arr = np.asarray(array).astype(np.uint16)
+    ds = _dataset(*arr.shape, modality=modality, patient_id=patient_id)
+    ds.PhotometricInterpretation = photometric
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.ImagerPixelSpacing = [float(spacing[0]), float(spacing[1])]
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if pixel_data:
+        ds.PixelData = arr.tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_ct_slice(path, hu, *, z=0.0, spacing=(0.7, 0.7), thickness=2.5, patient_id="C001",
+                   series_uid=None, instance=1):
+    """Write one CT slice; ``hu`` (H, W) Hounsfield units (stored as HU + 1024, uint16)."""
+    hu = np.asarray(hu)
+    ds = _dataset(*hu.shape, modality="CT", patient_id=patient_id, series_uid=series_uid)
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+    ds.SliceThickness = float(thickness)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+    ds.InstanceNumber = int(instance)
+    ds.PixelData = np.clip(np.round(hu + 1024), 0, 65535).astype(np.uint16).tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_ct_series(folder, hu, *, spacing=(2.5, 0.7, 0.7), patient_id="C001", shuffle=True, seed=0,
+                    instance_reversed=True):
+    """Write a CT series, one file per slice, slice k at z = k * spacing[0].
+
+    File names and InstanceNumbers are shuffled/reversed so that only ImagePositionPatient
+    gives the true order. Returns (folder, series_uid).
+    """
+    from pydicom.uid import generate_uid
+
+    folder = Path(folder)
+    uid = generate_uid()
+    d = hu.shape[0]
+    order = np.random.default_rng(seed).permutation(d) if shuffle else np.arange(d)
+    for name_i, k in enumerate(order):
+        inst = d - k if instance_reversed else k + 1
+        write_ct_slice(folder / f"IM{name_i:04d}.dcm", hu[k], z=k * spacing[0], spacing=spacing[1:],
+                       thickness=spacing[0], patient_id=patient_id, series_uid=uid, instance=inst)
+    return folder, uid
+
+
+def write_nifti(path, array, *, zooms=(1.0, 1.0, 1.0), affine=None):
+    import nibabel as nib
+
+    arr = np.asarray(array)
+    if affine is None:
+        affine = np.diag([*zooms[: 3], 1.0]) if arr.ndim >= 3 else np.diag([zooms[0], zooms[1], 1.0, 1.0])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path
+
+
+def write_png(path, array):
+    from PIL import Image
+
+    arr = np.asarray(array)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if arr.dtype == np.uint16:
+        Image.fromarray(arr).save(path)
+    else:
+        Image.fromarray(arr.astype(np.uint8)).save(path)
+    return path
+
+
+def write_npz(path, **arrays):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def make():
+    """Namespace of file factories (see the module docstring)."""
+    return types.SimpleNamespace(dx=write_dx, ct_slice=write_ct_slice, ct_series=write_ct_series,
+                                 nifti=write_nifti, png=write_png, npz=write_npz)
+
+
+def phantom_volume(d=12, h=24, w=20, *, nodule_at=(8, 10, 12), seed=0):
+    """(D, H, W) HU: air outside a soft-tissue ellipse, lung inside, a +40 HU nodule at ``nodule_at``."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:d, :h, :w]
+    body = ((yy - h / 2) / (h * 0.45)) ** 2 + ((xx - w / 2) / (w * 0.45)) ** 2 < 1
+    lung = ((yy - h / 2) / (h * 0.3)) ** 2 + ((xx - w / 2) / (w * 0.3)) ** 2 < 1
+    hu = np.full((d, h, w), -1000.0)
+    hu[body] = 40.0
+    hu[lung] = -850.0
+    cz, cy, cx = nodule_at
+    nod = (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= 4
+    hu[nod] = 40.0
+    hu += rng.normal(0, 10, hu.shape)
+    mask = nod.astype(np.uint8)
+    return hu.astype(np.float32), mask
+
+
+@pytest.fixture
+def phantom_ct():
+    """(volume HU (12, 24, 20) float32, nodule mask uint8 same shape); nodule centred on slice 8."""
+    return phantom_volume()
+
+
+def xray_image(h=40, w=32, *, seed=0, lesion=False):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = 1000 + 2000 * np.exp(-(((xx - w / 2) / (w / 3)) ** 2)) + rng.normal(0, 50, (h, w))
+    if lesion:
+        img[(yy - h // 3) ** 2 + (xx - w // 3) ** 2 < 9] += 800
+    return np.clip(img, 0, 4095).astype(np.uint16)
+
+
+@pytest.fixture
+def xray_dir(tmp_path):
+    """Folder of 8 DX DICOMs (4 patients x 2 images) in subfolders, with labels.csv (label 1 = lesion)."""
+    root = tmp_path / "xray"
+    rows = ["path,label"]
+    for p in range(4):
+        for j in range(2):
+            lesion = (p + j) % 2 == 1
+            rel = f"P{p:03d}/img{j}.dcm"
+            write_dx(root / rel, xray_image(seed=10 * p + j, lesion=lesion), patient_id=f"P{p:03d}")
+            rows.append(f"{rel},{int(lesion)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def mixed_manifest(tmp_path):
+    """A manifest CSV (tmp_path/data/manifest.csv) with:
+
+    * X-ray: 6 patients, each image as DICOM and as PNG (same image; PNG row should lose),
+      labels alternating, splits given by patient (4 train, 1 val, 1 test).
+    * CT: 3 patients with a series folder (kind volume, format dicom_series, a NIfTI mask)
+      and 3 patients with a NIfTI volume; no slice rows.
+    """
+    base = tmp_path / "data"
+    rows = []
+    splits = ["train", "train", "train", "train", "val", "test"]
+    for p in range(6):
+        img = xray_image(seed=p, lesion=p % 2 == 1)
+        write_dx(base / f"xray/dicom/X{p}.dcm", img, patient_id=f"X{p}")
+        write_png(base / f"xray/png/X{p}.png", (img // 16).astype(np.uint8))
+        for fmt, rel in (("dicom", f"xray/dicom/X{p}.dcm"), ("png", f"xray/png/X{p}.png")):
+            rows.append(dict(patient_id=f"X{p}", modality="xray", format=fmt, kind="radiograph", path=rel,
+                             label=p % 2, mask="", split=splits[p]))
+    for p in range(3):
+        vol, mask = phantom_volume(seed=p, nodule_at=(3 + p, 10, 10))
+        write_ct_series(base / f"ct/series/C{p}", vol, patient_id=f"C{p}", seed=p)
+        # mask in our (D, H, W) display layout -> NIfTI RAS voxel order (x, y, z)
+        write_nifti(base / f"ct/masks/C{p}.nii.gz", np.flip(mask, axis=(1, 2)).transpose(2, 1, 0).copy())
+        rows.append(dict(patient_id=f"C{p}", modality="ct", format="dicom_series", kind="volume",
+                         path=f"ct/series/C{p}", label=1, mask=f"ct/masks/C{p}.nii.gz", split=splits[p]))
+    for p in range(3, 6):
+        vol, _ = phantom_volume(seed=p)
+        write_nifti(base / f"ct/nifti/C{p}.nii.gz", np.flip(vol, axis=(1, 2)).transpose(2, 1, 0).copy())
+        rows.append(dict(patient_id=f"C{p}", modality="ct", format="nifti", kind="volume",
+                         path=f"ct/nifti/C{p}.nii.gz", label=0, mask="", split=splits[p]))
+    import pandas as pd
+
+    csv = base / "manifest.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+@pytest.fixture(autouse=False)
+def shared_data():
+    """Path of ../shared/data; skips the test when it is absent (a user's fresh clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} absent (only in the development checkout)")
+    return SHARED_DATA
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
