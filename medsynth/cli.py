@@ -313,15 +313,16 @@ def report(
 @_friendly
 def sample_data(
     out: Path = typer.Option(Path("sample_data"), help="output folder"),
-    n_xray: int = typer.Option(400, "--n-xray", help="patients with radiographs"),
-    n_ct: int = typer.Option(300, "--n-ct", help="patients with CT"),
+    n_xray: int = typer.Option(420, "--n-xray", help="patients with radiographs (DICOM DX)"),
+    n_ct: int = typer.Option(300, "--n-ct", help="patients with an axial CT slice (NIfTI)"),
+    n_png: int = typer.Option(30, "--n-png", help="radiographs also written as PNG"),
     seed: int = typer.Option(0),
 ):
     """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
     from medsynth.phantom import generate_sample_data
 
     t0 = time.perf_counter()
-    manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, seed=seed)
+    manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed)
     typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
 
 

@@ -1,0 +1,283 @@
+"""Generate phantom datasets: in-memory radiograph arrays and the on-disk sample-data set.
+
+Every patient ``i`` of a set with seed ``s`` is drawn from ``SeedSequence([s, i])``, so the
+same seed always gives the same patients (byte-identical arrays) whatever else is generated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medsynth.phantom.anatomy import make_patient
+from medsynth.phantom.imaging import add_ct_noise, simulate_radiograph
+
+log = logging.getLogger(__name__)
+
+#: Grid used for radiographs and 2D CT slices: 96^3 voxels of 4 mm (384 mm field of view).
+XRAY_GRID = {"shape": (96, 96, 96), "spacing_mm": (4.0, 4.0, 4.0)}
+#: Grid for the full CT volumes/series: 40 slices of 6 mm, 64 x 64 pixels of 6 mm.
+CT_GRID = {"shape": (40, 64, 64), "spacing_mm": (6.0, 6.0, 6.0)}
+#: Fraction of DX files written as MONOCHROME1 (inverted stored values).
+MONOCHROME1_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Per-patient X-ray/CT acquisition settings (drawn from the patient's seed)."""
+
+    photons: float
+    scatter_fraction: float
+    gamma: float
+    ct_sigma_hu: float
+    photometric: str
+
+
+def _acquisition(rng: np.random.Generator) -> Acquisition:
+    return Acquisition(
+        photons=float(np.exp(rng.uniform(np.log(2e4), np.log(8e4)))),
+        scatter_fraction=float(rng.uniform(0.1, 0.3)),
+        gamma=float(rng.uniform(0.85, 1.15)),
+        ct_sigma_hu=float(rng.uniform(8.0, 25.0)),
+        photometric="MONOCHROME1" if rng.random() < MONOCHROME1_FRACTION else "MONOCHROME2",
+    )
+
+
+def _streams(seed: int, i: int):
+    """(phantom seed sequence, acquisition rng, noise rng) of patient ``i``."""
+    ss = np.random.SeedSequence([int(seed), int(i)])
+    a, b, c = ss.spawn(3)
+    return a, np.random.default_rng(b), np.random.default_rng(c)
+
+
+def patient_id(i: int) -> str:
+    """Phantom identity of patient ``i``: ``PHANTOM-0007``."""
+    return f"PHANTOM-{i:04d}"
+
+
+def simulate_xray_arrays(n: int, *, seed: int = 0, size: int = 64, start: int = 0):
+    """Simulate ``n`` phantom radiographs in memory.
+
+    Args:
+        n: number of patients (indices ``start .. start + n - 1``).
+        seed: set seed.
+        size: output image side, pixels.
+
+    Returns:
+        ``(pixels (n, size, size) uint16 0..4095 dense = bright, labels (n,) int64,
+        infos list[dict|None])``.
+    """
+    pix = np.zeros((n, size, size), np.uint16)
+    lab = np.zeros(n, np.int64)
+    infos = []
+    for k in range(n):
+        ss, arng, nrng = _streams(seed, start + k)
+        acq = _acquisition(arng)
+        p = make_patient(ss, **XRAY_GRID)
+        r = simulate_radiograph(p, nrng, size=size, photons=acq.photons,
+                                scatter_fraction=acq.scatter_fraction, gamma=acq.gamma)
+        pix[k] = r.pixels
+        lab[k] = p.label
+        infos.append(p.nodule)
+    return pix, lab, infos
+
+
+def _axial_slice(p, z_index: float, size: int):
+    """Axial slice of patient ``p`` at (fractional) slice ``z_index``, resampled to ``size``²."""
+    vol, m = p.volume_hu, p.nodule_mask
+    k = int(np.clip(round(z_index), 0, vol.shape[0] - 1))
+    f = (size / vol.shape[1], size / vol.shape[2])
+    img = ndimage.zoom(ndimage.gaussian_filter(vol[k], 0.45 / min(f)), f, order=1, grid_mode=True, mode="nearest")
+    mask = ndimage.zoom(m[k].astype(np.float32), f, order=1, grid_mode=True, mode="nearest")
+    mk = (mask >= 0.5).astype(np.uint8)
+    if m[k].any() and not mk.any():
+        mk[np.unravel_index(int(np.argmax(mask)), mask.shape)] = 1
+    spacing = (p.spacing[1] * vol.shape[1] / size, p.spacing[2] * vol.shape[2] / size)
+    ox, oy, oz = p.origin
+    # origin of the resampled grid: first pixel centre
+    origin = (ox - p.spacing[2] / 2 + spacing[1] / 2, oy - p.spacing[1] / 2 + spacing[0] / 2, oz + k * p.spacing[0])
+    return img[:size, :size].astype(np.float32), mk[:size, :size], spacing, origin, k
+
+
+def _split_by_patient(labels: np.ndarray, seed: int, fractions=(0.6, 0.2, 0.2)) -> np.ndarray:
+    """Stratified patient-level split -> array of "train" / "val" / "test"."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7777]))
+    out = np.empty(len(labels), dtype=object)
+    for lab in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == lab))
+        n = len(idx)
+        n_tr = int(round(fractions[0] * n))
+        n_va = int(round(fractions[1] * n))
+        out[idx[:n_tr]] = "train"
+        out[idx[n_tr:n_tr + n_va]] = "val"
+        out[idx[n_tr + n_va:]] = "test"
+    return out
+
+
+def _fmt_loc(info) -> str:
+    if info is None:
+        return ""
+    return ";".join(f"{v:.1f}" for v in info["centre_mm"])
+
+
+def generate_sample_data(
+    out_dir: str | Path,
+    *,
+    n_xray: int,
+    n_ct: int,
+    seed: int = 0,
+    n_png: int = 60,
+    n_volumes: int = 3,
+    n_series: int = 2,
+    xray_size: int = 64,
+    ct_size: int = 64,
+    compress_dx: bool = False,
+    xray_grid: dict | None = None,
+    ct_grid: dict | None = None,
+) -> Path:
+    """Write a phantom chest dataset (DICOM DX, PNG, NIfTI slices/volumes, DICOM CT series).
+
+    Layout under ``out_dir``: ``xray/dicom/PHANTOM-nnnn.dcm`` (all ``n_xray`` patients),
+    ``xray/png/`` (the first ``n_png``), ``ct/slices/`` (2D NIfTI axial slices, 64², through the
+    nodule for positives, a random lung level otherwise, with ``*_mask.nii.gz`` for positives)
+    for the first ``n_ct`` patients, ``ct/volumes/`` (NIfTI volumes + masks) and ``ct/series/``
+    (DICOM CT series + NIfTI masks) for a few of them, and ``manifest.csv``.
+
+    Args:
+        out_dir: output folder (created).
+        n_xray: number of patients (all get a radiograph).
+        n_ct: number of those patients that also get a CT slice (``<= n_xray``).
+        seed: dataset seed; the same seed gives the same arrays.
+        n_png: patients whose radiograph is also written as 8-bit PNG.
+        n_volumes, n_series: CT patients written as NIfTI volume / DICOM series.
+        xray_size, ct_size: image sides in pixels.
+        compress_dx: write the DX files RLE Lossless (pydicom decodes it natively); off by
+            default: at 64² the noisy 12-bit images do not shrink below one 8 KiB disk block.
+        xray_grid, ct_grid: override :data:`XRAY_GRID` / :data:`CT_GRID` (``shape``,
+            ``spacing_mm``), e.g. tiny grids in tests.
+
+    Returns:
+        Path of ``manifest.csv``. Its columns: ``patient_id, modality, format, kind, path,
+        label, diameter_mm, location, mask, split, photometric`` plus ``texture``, ``shape``,
+        ``source`` (``phantom``).
+    """
+    import pandas as pd
+    from pydicom.uid import generate_uid
+
+    from medsynth.data.writers import write_csv, write_ct_series, write_dicom_dx, write_nifti, write_png
+
+    out = Path(out_dir)
+    xray_grid = xray_grid or XRAY_GRID
+    ct_grid = ct_grid or CT_GRID
+    n_ct = min(int(n_ct), int(n_xray))
+    rows = []
+    labels = np.zeros(n_xray, np.int64)
+    centre_z = np.zeros(n_xray)
+    ct_choice = []
+    uid_root = f"medsynth-sample-{seed}"
+    for i in range(n_xray):
+        pid = patient_id(i)
+        pname = f"Phantom^{i:04d}"
+        ss, arng, nrng = _streams(seed, i)
+        acq = _acquisition(arng)
+        p = make_patient(ss, **xray_grid)
+        labels[i] = p.label
+        info = p.nodule
+        centre_z[i] = info["centre_mm"][2] if info else 0.0
+        base = {"patient_id": pid, "label": p.label,
+                "diameter_mm": round(info["diameter_mm"], 2) if info else 0.0,
+                "location": _fmt_loc(info), "texture": info["texture"] if info else "",
+                "shape": info["shape"] if info else "", "source": "phantom"}
+        r = simulate_radiograph(p, nrng, size=xray_size, photons=acq.photons,
+                                scatter_fraction=acq.scatter_fraction, gamma=acq.gamma)
+        rel = f"xray/dicom/{pid}.dcm"
+        write_dicom_dx(out / rel, r.pixels, pixel_spacing=r.pixel_spacing, photometric=acq.photometric,
+                       patient_id=pid, patient_name=pname,
+                       study_uid=generate_uid(entropy_srcs=[uid_root, pid, "study-xray"]),
+                       series_uid=generate_uid(entropy_srcs=[uid_root, pid, "series-xray"]),
+                       sop_uid=generate_uid(entropy_srcs=[uid_root, pid, "dx"]),
+                       series_description="medsynth chest phantom radiograph (synthetic phantom)",
+                       compress=compress_dx)
+        rows.append({**base, "modality": "xray", "format": "dicom", "kind": "radiograph", "path": rel,
+                     "mask": "", "photometric": acq.photometric})
+        if i < n_png:
+            rel = f"xray/png/{pid}.png"
+            write_png(out / rel, (r.pixels >> 4).astype(np.uint8))
+            rows.append({**base, "modality": "xray", "format": "png", "kind": "radiograph", "path": rel,
+                         "mask": "", "photometric": ""})
+        if i < n_ct:
+            if info is not None and info.get("in_grid", True):
+                z = info["centre_voxel"][0]
+            else:
+                zs = np.flatnonzero(p.lung_mask.reshape(p.lung_mask.shape[0], -1).sum(1) > 50)
+                zs = zs[(zs > zs.min() + 2) & (zs < zs.max() - 2)] if len(zs) > 6 else zs
+                z = float(arng.choice(zs)) if len(zs) else p.volume_hu.shape[0] / 2
+            img, mk, sp, org, _ = _axial_slice(p, z, ct_size)
+            img = add_ct_noise(img, nrng, sigma_hu=acq.ct_sigma_hu)
+            rel = f"ct/slices/{pid}.nii.gz"
+            write_nifti(out / rel, np.clip(img, -1024, 3071), spacing=sp, origin=org, dtype=np.int16)
+            mrel = ""
+            if p.label:
+                mrel = f"ct/slices/{pid}_mask.nii.gz"
+                write_nifti(out / mrel, mk, spacing=sp, origin=org, dtype=np.uint8, intent="label")
+            rows.append({**base, "modality": "ct", "format": "nifti", "kind": "slice", "path": rel,
+                         "mask": mrel, "photometric": ""})
+            ct_choice.append(i)
+
+    # a few full CT volumes (same patients, CT grid), alternating positives and negatives
+    zmax = 0.5 * (ct_grid["shape"][0] - 1) * (np.broadcast_to(ct_grid["spacing_mm"], (3,))[0]) - 10.0
+    pos = [i for i in ct_choice if labels[i] == 1 and abs(centre_z[i]) < zmax]
+    neg = [i for i in ct_choice if labels[i] == 0]
+    picks = []
+    for k in range(n_volumes + n_series):
+        src = pos if k % 2 == 0 else neg
+        src = src if src else (neg or pos)
+        if src:
+            picks.append(src.pop(0))
+    for k, i in enumerate(picks):
+        pid = patient_id(i)
+        ss, arng, nrng = _streams(seed, i)
+        acq = _acquisition(arng)
+        p = make_patient(ss, **ct_grid)
+        info = p.nodule
+        vol = np.clip(add_ct_noise(p.volume_hu, np.random.default_rng(np.random.SeedSequence([seed, i, 3])),
+                                   sigma_hu=acq.ct_sigma_hu), -1024, 3071)
+        base = {"patient_id": pid, "label": p.label,
+                "diameter_mm": round(info["diameter_mm"], 2) if info else 0.0,
+                "location": _fmt_loc(info), "texture": info["texture"] if info else "",
+                "shape": info["shape"] if info else "", "source": "phantom", "photometric": ""}
+        mrel = ""
+        if k < n_volumes:
+            rel = f"ct/volumes/{pid}.nii.gz"
+            write_nifti(out / rel, vol, spacing=p.spacing, origin=p.origin, dtype=np.int16)
+            if p.label:
+                mrel = f"ct/volumes/{pid}_mask.nii.gz"
+                write_nifti(out / mrel, p.nodule_mask, spacing=p.spacing, origin=p.origin, dtype=np.uint8,
+                            intent="label")
+            rows.append({**base, "modality": "ct", "format": "nifti", "kind": "volume", "path": rel, "mask": mrel})
+        else:
+            rel = f"ct/series/{pid}"
+            write_ct_series(out / rel, vol, spacing=p.spacing, origin=p.origin, patient_id=pid,
+                            patient_name=f"Phantom^{i:04d}",
+                            uid_entropy=f"{uid_root}-{pid}-ct",
+                            series_description="medsynth chest phantom CT (synthetic phantom)")
+            if p.label:
+                mrel = f"ct/series/{pid}_mask.nii.gz"
+                write_nifti(out / mrel, p.nodule_mask, spacing=p.spacing, origin=p.origin, dtype=np.uint8,
+                            intent="label")
+            rows.append({**base, "modality": "ct", "format": "dicom_series", "kind": "volume", "path": rel,
+                         "mask": mrel})
+
+    split = _split_by_patient(labels, seed)
+    df = pd.DataFrame(rows)
+    df["split"] = [split[int(pid.split("-")[1])] for pid in df["patient_id"]]
+    cols = ["patient_id", "modality", "format", "kind", "path", "label", "diameter_mm", "location", "mask",
+            "split", "photometric", "texture", "shape", "source"]
+    df = df[cols]
+    manifest = write_csv(out / "manifest.csv", df)
+    log.info("wrote %d rows for %d patients to %s", len(df), n_xray, manifest)
+    return manifest
