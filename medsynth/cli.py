@@ -244,6 +244,9 @@ def benchmark(
     epochs: int = typer.Option(15),
     synthetic_ratio: float = typer.Option(1.0, "--synthetic-ratio", help="synthetic images per real training image"),
     n_boot: int = typer.Option(1000, "--n-boot"),
+    classic_augment: bool = typer.Option(False, "--classic-augment/--no-classic-augment",
+                                         help="MONAI random flips/affine on the classifier's training batches (all arms)"),
+    min_steps: int = typer.Option(100, "--min-steps", help="at least this many optimiser steps (small fractions)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/benchmark or benchmarks/<name>)"),
 ):
     """Tumour classifier trained real-only vs real+synthetic at reduced real fractions, several seeds,
@@ -259,7 +262,8 @@ def benchmark(
                                  size=size, spatial_dims=spatial_dims, modality=modality, ct_window=ct_window)
     t0 = time.perf_counter()
     result = run_benchmark(real_set, syn_set, fractions=fr, seeds=tuple(range(seeds)), epochs=epochs,
-                           synthetic_ratio=synthetic_ratio, n_boot=n_boot)
+                           synthetic_ratio=synthetic_ratio, n_boot=n_boot, augment=classic_augment,
+                           min_steps=min_steps)
     if out is None:
         sp = Path(synthetic) if synthetic else None
         out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality}-{Path(real).stem or 'data'}"
@@ -271,12 +275,15 @@ def benchmark(
 
 
 def _benchmark_table(res: dict) -> str:
-    rows = res.get("summary") or []
-    lines = []
-    for r in rows:
-        parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-                 if not isinstance(v, (list, dict))]
-        lines.append("  " + " ".join(parts))
+    """A compact text table of the benchmark summary and paired differences."""
+    lines = [f"{'arm':16s} {'fraction':>8s}  {'AUROC [95% CI]':22s} {'sens':>6s} {'spec':>6s}"]
+    for r in res.get("summary") or []:
+        lines.append(f"{r['arm']:16s} {r['fraction']:8.2f}  {r['auroc']:.3f} [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}]"
+                     f"   {r['sensitivity']:6.3f} {r['specificity']:6.3f}")
+    for d in res.get("diffs") or []:
+        lines.append(f"{d['comparison']} at {d['fraction']:.2f}: {d['metric']} {d['diff']:+.3f} "
+                     f"[{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p']:.3f}")
+    lines.append(f"test set: {res.get('n_test')} images from {res.get('n_test_patients')} patients")
     return "\n".join(lines)
 
 

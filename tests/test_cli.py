@@ -1,0 +1,120 @@
+"""End-to-end through the command line: sample data -> train -> generate -> augment ->
+benchmark -> report, on the committed phantom set, tiny sizes. Plus the one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from medsynth.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.mark.slow
+def test_end_to_end_pipeline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("train", "--modality", "xray", "--size", "32", "--steps", "12", "--set", "model.width=8",
+               "--set", "train.checkpoint_every=6", "--set", "train.sample_every=6", "--out", "runs", "--no-progress")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "00000-xray-dcgan"
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.pt").exists()
+    assert len((run / "stats.jsonl").read_text().splitlines()) >= 1
+
+    # resume extends the same run
+    r = invoke("train", "--resume", run, "--steps", "18", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "stats.jsonl").read_text().splitlines()[-1])["step"] == 18
+
+    r = invoke("generate", run, "--count", "12", "--class", "1", "--format", "dicom")
+    assert r.exit_code == 0, r.output
+    syn = pd.read_csv(run / "synthetic" / "manifest.csv")
+    assert len(syn) == 12 and set(syn["label"]) == {1} and set(syn["source"]) == {"synthetic"}
+    ds = pydicom.dcmread(run / "synthetic" / syn["path"][0])
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert "medsynth" in ds.SeriesDescription and "dcgan" in ds.SeriesDescription
+    assert ds.PatientID.startswith("SYNTHETIC")
+
+    r = invoke("augment", "--synthetic", run / "synthetic" / "manifest.csv", "--out", "aug")
+    assert r.exit_code == 0, r.output
+    aug = pd.read_csv(tmp_path / "aug" / "manifest.csv")
+    assert set(aug["source"]) == {"real", "synthetic"}
+    assert (aug.loc[aug["source"] == "synthetic", "split"] == "train").all()
+
+    r = invoke("benchmark", "--synthetic", run, "--size", "32", "--fractions", "0.5,1.0", "--seeds", "2",
+               "--epochs", "1", "--n-boot", "50", "--min-steps", "0")
+    assert r.exit_code == 0, r.output
+    res = json.loads((run / "benchmark" / "results.json").read_text())
+    arms = {(s["arm"], s["fraction"]) for s in res["summary"]}
+    assert arms == {("real", 0.5), ("real", 1.0), ("real+synthetic", 0.5), ("real+synthetic", 1.0)}
+    assert "AUROC [95% CI]" in r.output
+
+    r = invoke("report", run, "--count", "32", "--out", "reports")
+    assert r.exit_code == 0, r.output
+    rep = tmp_path / "reports" / run.name
+    html = (rep / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    data = json.loads((rep / "report.json").read_text())
+    assert "fidelity" in data and "privacy" in data
+
+
+def test_models_lists_registered_variants():
+    r = invoke("models")
+    assert r.exit_code == 0
+    assert "dcgan" in r.output and "wgan_gp" in r.output
+
+
+def test_info_reads_committed_dicom():
+    from medsynth.cli import default_data
+
+    dcm = next((default_data().parent / "xray" / "dicom").glob("*.dcm"))
+    r = invoke("info", dcm)
+    assert r.exit_code == 0, r.output
+    assert "xray" in r.output.lower()
+
+
+@pytest.mark.parametrize("setup,expect", [
+    ("corrupt", "corrupt.dcm"),
+    ("empty", "empty"),
+])
+def test_bad_input_is_one_line(tmp_path, setup, expect):
+    if setup == "corrupt":
+        target = tmp_path / "corrupt.dcm"
+        target.write_bytes(b"DICM" + b"\x00" * 50)
+    else:
+        target = tmp_path / "empty"
+        target.mkdir()
+    r = runner.invoke(app, ["info", str(target)])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_training_on_missing_manifest_is_one_line(tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "nope.csv"), "--steps", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("error: ") and "nope.csv" in r.output
+
+
+def test_unknown_model_is_one_line(tmp_path):
+    r = runner.invoke(app, ["train", "--model", "nosuchgan", "--steps", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown model" in r.output
+
+
+def test_sample_data_command_small(tmp_path):
+    r = invoke("sample-data", "--out", tmp_path / "sd", "--n-xray", "4", "--n-ct", "2", "--n-png", "1")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "sd" / "manifest.csv")
+    assert set(df["modality"]) == {"xray", "ct"}
+    for p in df["path"]:
+        assert (tmp_path / "sd" / p).exists()
