@@ -52,3 +52,51 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+# ---- hinge, least-squares, minimax, cycle / identity, orthogonal regularisation ----------------
+
+
+def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Hinge discriminator loss ``E[relu(1 - D(real))] + E[relu(1 + D(fake))]`` (SAGAN, BigGAN)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: Tensor) -> Tensor:
+    """Hinge generator loss ``-E[D(fake)]``."""
+    return -fake_logits.mean()
+
+
+def minimax_g_loss(fake_logits: Tensor) -> Tensor:
+    """The original (saturating) generator loss ``E[log(1 - D(G(z)))]`` (Goodfellow et al. 2014),
+    minimised by G; ``log(1 - sigmoid(l)) = -softplus(l)``."""
+    return -F.softplus(fake_logits).mean()
+
+
+def lsgan_d_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """Least-squares discriminator loss ``0.5 (E[(D(real) - 1)^2] + E[D(fake)^2])`` (Mao et al. 2017).
+    Scores of any shape (e.g. PatchGAN maps)."""
+    return 0.5 * ((real_scores - 1.0).pow(2).mean() + fake_scores.pow(2).mean())
+
+
+def lsgan_g_loss(fake_scores: Tensor) -> Tensor:
+    """Least-squares generator loss ``E[(D(fake) - 1)^2]``."""
+    return (fake_scores - 1.0).pow(2).mean()
+
+
+def l1_loss(a: Tensor, b: Tensor) -> Tensor:
+    """Mean absolute difference: CycleGAN's cycle-consistency ``|G_BA(G_AB(a)) - a|`` and identity
+    ``|G_AB(b) - b|`` terms."""
+    return (a - b).abs().mean()
+
+
+def orthogonal_regulariser(weights: list[Tensor]) -> Tensor:
+    """BigGAN's orthogonal regularisation ``sum_W ||W W^T * (1 - I)||_F^2`` with each weight
+    reshaped to ``(out, -1)``: pushes filters towards orthogonality without constraining their norms
+    (Brock et al. 2019, eq. 3), which makes G amenable to the truncation trick."""
+    total = weights[0].new_zeros(()) if weights else torch.zeros(())
+    for w in weights:
+        m = w.flatten(1)
+        gram = m @ m.t()
+        total = total + (gram * (1.0 - torch.eye(gram.shape[0], device=w.device, dtype=w.dtype))).pow(2).sum()
+    return total

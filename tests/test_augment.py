@@ -9,7 +9,7 @@ import torch
 
 from medsynth.config import resolve
 from medsynth.errors import MedsynthError
-from medsynth.models.registry import build_model, list_models
+from medsynth.models.registry import get_model, build_model, list_models
 from medsynth.train import augment as A
 from medsynth.train.loop import load_trained, train
 
@@ -85,13 +85,15 @@ def test_ada_update_follows_sign_of_overfitting():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_variant_accepts_augment_params_and_checkpoints_p(name):
-    cfg = resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16,
+    nc = 2 if getattr(get_model(name), "requires_labels", False) else 0
+    cfg = resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": nc,
                                   "params": {"augment": "ada", "augment_p": 0.25}},
                         "data": {"size": 16}})
     model = build_model(cfg.model)
     assert model.augment_pipe is not None
     assert float(model.state_dict()["augment_pipe.p"]) == 0.25
-    off = build_model(resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16}, "data": {"size": 16}}).model)
+    off = build_model(resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": nc},
+                                    "data": {"size": 16}}).model)
     assert off.augment_pipe is None and not any(k.startswith("augment_pipe") for k in off.state_dict())
 
 
