@@ -152,6 +152,10 @@ def generate(
     class_: Optional[int] = typer.Option(None, "--class", help="class label for all images (conditional models)"),
     seed: int = typer.Option(0),
     fmt: str = typer.Option("png", "--format", help="png, dicom or nifti"),
+    truncation: Optional[float] = typer.Option(None, help="truncation psi in [0, 1] (StyleGAN2, BigGAN): fidelity/diversity dial"),
+    from_: Optional[Path] = typer.Option(None, "--from", help="translate the images of this folder/manifest (CycleGAN)"),
+    direction: str = typer.Option("a2b", help="translation direction with --from: a2b or b2a"),
+    pairs: bool = typer.Option(False, "--pairs", help="write aligned pairs of both domains (CoGAN)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default RUN/synthetic)"),
 ):
     """Write synthetic images (marked synthetic) and a manifest.csv."""
@@ -163,7 +167,36 @@ def generate(
     if fmt not in ("png", "dicom", "nifti"):
         raise MedsynthError("--format", f"must be png, dicom or nifti, got {fmt!r}")
     cfg, model, ck = load_trained(run)
+    if truncation is not None and not model.supports_truncation:
+        raise MedsynthError("--truncation", f"model {cfg.model.name!r} has no truncation trick (stylegan2, biggan do)")
+    run_dir = run if run.is_dir() else run.parent.parent
+    out = out or run_dir / "synthetic"
+    info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed)
     g = torch.Generator().manual_seed(seed)
+    d = cfg.data
+    if from_ is not None:
+        if not hasattr(model, "translate"):
+            raise MedsynthError("--from", f"model {cfg.model.name!r} does not translate images (use a CycleGAN run)")
+        if direction not in ("a2b", "b2a"):
+            raise MedsynthError("--direction", f"must be a2b or b2a, got {direction!r}")
+        src = _load_set(str(from_), modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+                        ct_window=d.ct_window, split=None)
+        with torch.no_grad():
+            images = torch.cat([model.translate(src.images[i:i + 64], direction=direction)
+                                for i in range(0, len(src), 64)]).clamp(-1, 1)
+        lab = torch.full((len(images),), 1 if direction == "a2b" else 0, dtype=torch.long)
+        df = write_synthetic_set(out, images, lab, modality=d.modality, fmt=fmt, info=info, ct_window=d.ct_window)
+        typer.echo(f"translated {len(df)} images ({direction}) from {from_} -> {out} (manifest.csv)")
+        return
+    if pairs:
+        if not hasattr(model, "sample_pairs"):
+            raise MedsynthError("--pairs", f"model {cfg.model.name!r} does not make coupled pairs (use a CoGAN run)")
+        x1, x2 = model.sample_pairs(count, generator=g)
+        for dom, x in ((0, x1), (1, x2)):
+            write_synthetic_set(out / f"domain{dom}", x, torch.full((count,), dom, dtype=torch.long),
+                                modality=d.modality, fmt=fmt, info=info, ct_window=d.ct_window)
+        typer.echo(f"wrote {count} aligned pairs -> {out}/domain0, {out}/domain1 (same row = same latent)")
+        return
     labels = None
     if model.num_classes > 0:
         labels = (torch.full((count,), class_, dtype=torch.long) if class_ is not None
@@ -172,10 +205,7 @@ def generate(
             raise MedsynthError("--class", f"model has classes 0..{model.num_classes - 1}")
     elif class_ is not None:
         raise MedsynthError("--class", "this model is unconditional")
-    images = model.sample(count, labels=labels, generator=g)
-    run_dir = run if run.is_dir() else run.parent.parent
-    out = out or run_dir / "synthetic"
-    info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed)
+    images = model.sample(count, labels=labels, generator=g, truncation=truncation)
     lab = labels if labels is not None else torch.full((count,), -1, dtype=torch.long)
     df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt, info=info,
                              ct_window=cfg.data.ct_window)

@@ -118,3 +118,32 @@ def test_sample_data_command_small(tmp_path):
     assert set(df["modality"]) == {"xray", "ct"}
     for p in df["path"]:
         assert (tmp_path / "sd" / p).exists()
+
+
+def _tiny_train(tmp_path, model: str) -> str:
+    r = invoke("train", "--modality", "xray", "--model", model, "--size", "16", "--steps", "2",
+               "--set", "model.width=4", "--set", "model.latent_dim=16", "--out", tmp_path / "runs", "--no-progress")
+    assert r.exit_code == 0, r.output
+    return str(next((tmp_path / "runs").glob(f"*-xray-{model}")))
+
+
+def test_cyclegan_translates_a_folder(tmp_path):
+    from medsynth.cli import default_data
+
+    run = _tiny_train(tmp_path, "cyclegan")
+    png_dir = default_data().parent / "xray" / "png"
+    r = invoke("generate", run, "--from", png_dir, "--direction", "a2b", "--format", "png", "--out", tmp_path / "tr")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "tr" / "manifest.csv")
+    assert len(df) == len(list(png_dir.glob("*.png"))) and set(df["label"]) == {1}
+
+
+def test_cogan_pairs_and_truncation_errors(tmp_path):
+    run = _tiny_train(tmp_path, "cogan")
+    r = invoke("generate", run, "--pairs", "--count", "4", "--out", tmp_path / "pairs")
+    assert r.exit_code == 0, r.output
+    a = pd.read_csv(tmp_path / "pairs" / "domain0" / "manifest.csv")
+    b = pd.read_csv(tmp_path / "pairs" / "domain1" / "manifest.csv")
+    assert len(a) == len(b) == 4
+    r = runner.invoke(app, ["generate", run, "--truncation", "0.5", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 2 and "truncation" in r.output

@@ -29,6 +29,7 @@ class DCGANParams(VariantParams):
         mbstd: minibatch-standard-deviation channel in D.
         d_norm: normalisation in D (``batch``, ``instance``, ``layer``, ``none``).
         d_cond: how D sees the class (``projection`` or ``channel``).
+        g_cond: how G sees the class (``embed`` or ``onehot``).
         g_norm: normalisation in G.
     """
 
@@ -37,6 +38,7 @@ class DCGANParams(VariantParams):
     d_norm: str = "batch"
     g_norm: str = "batch"
     d_cond: str = "projection"
+    g_cond: str = "embed"
 
 
 @register_model("dcgan")
@@ -47,7 +49,8 @@ class DCGAN(GANVariant):
         super().__init__(cfg)
         self.p = DCGANParams.from_dict(cfg.params, "dcgan")
         c, s, d = cfg.channels, cfg.size, cfg.spatial_dims
-        self.G = DCGenerator(cfg.latent_dim, s, c, cfg.width, cfg.num_classes, d, norm=self.p.g_norm)
+        self.G = DCGenerator(cfg.latent_dim, s, c, cfg.width, cfg.num_classes, d, norm=self.p.g_norm,
+                             cond=self.p.g_cond)
         self.D = DCDiscriminator(s, c, cfg.width, cfg.num_classes, d, norm=self.p.d_norm, mbstd=self.p.mbstd,
                                  cond=self.p.d_cond)
         init_dcgan_weights(self.G)

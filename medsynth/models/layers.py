@@ -88,18 +88,22 @@ class DCGenerator(nn.Module):
         size: output edge length (power of two >= 8).
         channels: output channels.
         width: base width; the 4^d seed has ``8 * width`` channels, halving per doubling (>= width).
-        num_classes: > 0 adds a learned class embedding concatenated to z.
+        num_classes: > 0 makes G class-conditional (see ``cond``).
+        cond: ``"embed"`` concatenates a learned class embedding to z; ``"onehot"`` a one-hot label.
         spatial_dims: 2 or 3.
     Shapes: z ``(N, latent_dim)``, labels ``(N,)`` -> ``(N, channels, *[size]*d)`` in [-1, 1].
     """
 
     def __init__(self, latent_dim: int, size: int, channels: int = 1, width: int = 32,
-                 num_classes: int = 0, spatial_dims: int = 2, norm: str = "batch"):
+                 num_classes: int = 0, spatial_dims: int = 2, norm: str = "batch", cond: str = "embed"):
         super().__init__()
+        if cond not in ("embed", "onehot"):
+            raise ValueError(f"cond must be 'embed' or 'onehot', got {cond!r}")
         d = spatial_dims
         n_up = num_doublings(size)
-        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes > 0 else None
-        in_dim = latent_dim * (2 if num_classes > 0 else 1)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes > 0 and cond == "embed" else None
+        in_dim = latent_dim + (0 if num_classes <= 0 else latent_dim if cond == "embed" else num_classes)
         c0 = width * min(8, 2 ** (n_up - 1))
         self.seed_shape = (c0,) + (4,) * d
         self.fc = nn.Linear(in_dim, c0 * 4**d)
@@ -115,10 +119,11 @@ class DCGenerator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.embed is not None:
+        if self.num_classes > 0:
             if labels is None:
                 raise ValueError("this generator is class-conditional: labels are required")
-            z = torch.cat([z, self.embed(labels)], dim=1)
+            c = self.embed(labels) if self.embed is not None else nn.functional.one_hot(labels, self.num_classes).to(z.dtype)
+            z = torch.cat([z, c], dim=1)
         x = self.fc(z).view(z.shape[0], *self.seed_shape)
         return self.blocks(self.fc_act(x))
 
