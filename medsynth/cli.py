@@ -15,8 +15,6 @@ import functools
 import json
 import logging
 import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional

@@ -33,66 +33,12 @@ from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
-from medsynth.models.layers import MinibatchStdDev, num_doublings
+from medsynth.models.layers import EqualizedConv, EqualizedLinear, MinibatchStdDev, down2, num_doublings, pixel_norm
 from medsynth.models.registry import register_model
-
-# ---- building blocks shared with StyleGAN2 ------------------------------------------------
-
-
-class EqualizedLinear(nn.Module):
-    """Linear layer with equalised learning rate: weights ``N(0, 1/lr_mul^2)``, multiplied at run
-    time by ``gain / sqrt(fan_in) * lr_mul`` so every layer learns at the same speed with Adam.
-
-    Shapes: ``(N, in_features)`` -> ``(N, out_features)``.
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, gain: float = math.sqrt(2),
-                 lr_mul: float = 1.0, bias_init: float = 0.0):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
-        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mul)) if bias else None
-        self.scale = gain / math.sqrt(in_features) * lr_mul
-        self.lr_mul = lr_mul
-
-    def forward(self, x: Tensor) -> Tensor:
-        b = None if self.bias is None else self.bias * self.lr_mul
-        return F.linear(x, self.weight * self.scale, b)
-
-
-class EqualizedConv(nn.Module):
-    """Same-padded 2D/3D convolution with equalised learning rate (stride 1).
-
-    Shapes: ``(N, in_channels, *S)`` -> ``(N, out_channels, *S)``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, spatial_dims: int = 2, *,
-                 bias: bool = True, gain: float = math.sqrt(2)):
-        super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *([kernel_size] * spatial_dims)))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.scale = gain / math.sqrt(in_channels * kernel_size**spatial_dims)
-        self.padding = kernel_size // 2
-        self.conv = F.conv2d if spatial_dims == 2 else F.conv3d
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x, self.weight * self.scale, self.bias, padding=self.padding)
-
-
-def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Normalise each pixel's feature vector to unit mean square (over dim 1)."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
-
 
 def up2(x: Tensor) -> Tensor:
     """Nearest-neighbour x2 up-sampling of ``(N, C, *S)``."""
     return F.interpolate(x, scale_factor=2, mode="nearest")
-
-
-def down2(x: Tensor) -> Tensor:
-    """x2 average-pool down-sampling of ``(N, C, *S)``."""
-    return F.avg_pool2d(x, 2) if x.dim() == 4 else F.avg_pool3d(x, 2)
 
 
 def resize_to(x: Tensor, size: int) -> Tensor:

@@ -51,6 +51,6 @@ def get_model(name: str) -> type:
     return _REGISTRY[name]
 
 
-def build_model(cfg) -> "GANVariant":  # noqa: F821
+def build_model(cfg):
     """Instantiate the variant named by ``cfg.name`` (a :class:`~medsynth.config.ModelConfig`)."""
     return get_model(cfg.name)(cfg)

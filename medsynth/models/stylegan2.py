@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
 from medsynth.models.layers import MinibatchStdDev, num_doublings
-from medsynth.models.progan import EqualizedConv, EqualizedLinear, down2, pixel_norm
+from medsynth.models.layers import EqualizedConv, EqualizedLinear, down2, pixel_norm
 from medsynth.models.registry import register_model
 
 _SQRT2 = math.sqrt(2.0)

@@ -165,7 +165,7 @@ def train(
         bar = tqdm(total=tc.steps, initial=step, unit="step", dynamic_ncols=True)
     acc: dict[str, float] = {}
     acc_n: dict[str, int] = {}
-    tick_t, tick_step, imgs_seen = time.perf_counter(), step, 0
+    tick_t, imgs_seen = time.perf_counter(), 0
     start_step = step
     if step == 0:
         grid()
