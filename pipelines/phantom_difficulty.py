@@ -6,12 +6,14 @@ A small CNN (:mod:`pipelines.classifier`) is trained on 200 phantom radiographs 
 
 Two measurements:
 * ``fresh``: for each seed, 200 freshly simulated training patients (dataset seed
-  ``100 + seed``) and one fixed test set of ``n_test`` patients (dataset seed 999);
+  ``100 + seed``), a validation set of ``n_val`` patients (dataset seed 555) that picks the
+  best epoch, and one fixed test set of ``n_test`` patients (dataset seed 999);
 * ``sample_data`` (when ``sample_data/manifest.csv`` exists): 200 patients from its train
-  split, scored on its test split, read from the committed DICOM DX files.
+  split (best epoch picked on its val split), scored on its test split, read from the
+  committed DICOM DX files.
 
-Run: ``python -m pipelines.phantom_difficulty [--epochs 12] [--n-test 400]``; writes
-``reports/phantom_difficulty.json``.
+Run: ``python -m pipelines.phantom_difficulty [--epochs 30] [--n-test 400] [--cache DIR]``;
+writes ``reports/phantom_difficulty.json``.
 """
 
 from __future__ import annotations
@@ -47,11 +49,22 @@ def normalise_xray(pixels: np.ndarray, lower: float = 0.5, upper: float = 99.5) 
     return np.clip(x, -1.0, 1.0)[:, None]
 
 
+def _settings_key() -> str:
+    """Short hash of the phantom/imaging calibration constants (keeps caches honest)."""
+    import hashlib
+
+    from medsynth.phantom import anatomy, imaging
+
+    names = [k for k in dir(anatomy) + dir(imaging) if k.isupper()]
+    vals = [(k, repr(getattr(anatomy, k, None)), repr(getattr(imaging, k, None))) for k in sorted(set(names))]
+    return hashlib.sha1(repr(vals).encode()).hexdigest()[:10]
+
+
 def _simulate(n: int, seed: int, size: int, cache: Path | None):
     from medsynth.phantom.sample import simulate_xray_arrays
 
     if cache is not None:
-        f = cache / f"xray_n{n}_s{seed}_{size}.npz"
+        f = cache / f"xray_n{n}_s{seed}_{size}_{_settings_key()}.npz"
         if f.exists():
             d = np.load(f)
             return d["pixels"], d["labels"], d["diam"]
@@ -59,7 +72,7 @@ def _simulate(n: int, seed: int, size: int, cache: Path | None):
     diam = np.array([i["diameter_mm"] if i else 0.0 for i in infos])
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez(cache / f"xray_n{n}_s{seed}_{size}.npz", pixels=pix, labels=lab, diam=diam)
+        np.savez(cache / f"xray_n{n}_s{seed}_{size}_{_settings_key()}.npz", pixels=pix, labels=lab, diam=diam)
     return pix, lab, diam
 
 
@@ -71,7 +84,7 @@ def _read_sample_data(manifest: Path, size: int):
     df = pd.read_csv(manifest, keep_default_na=False)
     df = df[(df["modality"] == "xray") & (df["format"] == "dicom")]
     out = {}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         d = df[df["split"] == split].sort_values("patient_id")
         imgs = []
         for rel in d["path"]:
@@ -86,18 +99,19 @@ def _read_sample_data(manifest: Path, size: int):
     return out
 
 
-def _fit_score(xtr, ytr, xte, yte, *, seed: int, epochs: int, width: int):
+def _fit_score(xtr, ytr, xte, yte, *, seed: int, epochs: int, width: int, xva=None, yva=None):
     from sklearn.metrics import roc_auc_score
 
     from pipelines.classifier import predict_proba, train_classifier
 
     model = train_classifier(xtr, ytr, spatial_dims=2, epochs=epochs, batch_size=32, lr=1e-3, seed=seed,
-                             width=width)
+                             width=width, x_val=xva, y_val=yva)
     p = predict_proba(model, xte)
     return float(roc_auc_score(yte, p)), p
 
 
-def run(*, n_train: int = 200, n_test: int = 400, seeds=(0, 1, 2), epochs: int = 12, size: int = 64,
+def run(*, n_train: int = 200, n_test: int = 400, n_val: int = 100, seeds=(0, 1, 2), epochs: int = 30,
+        size: int = 64,
         width: int = 16, out: Path | None = ROOT / "reports" / "phantom_difficulty.json",
         cache: Path | None = None, sample_manifest: Path | None = ROOT / "sample_data" / "manifest.csv") -> dict:
     """Measure test AUROC of the small CNN on phantom radiographs; returns the report dict."""
@@ -107,13 +121,16 @@ def run(*, n_train: int = 200, n_test: int = 400, seeds=(0, 1, 2), epochs: int =
     t0 = time.time()
     xte_pix, yte, dte = _simulate(n_test, 999, size, cache)
     xte = normalise_xray(xte_pix)
+    xva_pix, yva, _ = _simulate(n_val, 555, size, cache)
+    xva = normalise_xray(xva_pix)
     fresh = []
     for s in seeds:
         xtr_pix, ytr, _ = _simulate(n_train, 100 + int(s), size, cache)
-        auc, p = _fit_score(normalise_xray(xtr_pix), ytr, xte, yte, seed=int(s), epochs=epochs, width=width)
+        auc, p = _fit_score(normalise_xray(xtr_pix), ytr, xte, yte, seed=int(s), epochs=epochs, width=width,
+                            xva=xva, yva=yva)
         # AUROC by nodule size (positives of a size band vs all negatives)
         by_size = {}
-        for lo, hi in ((0, 8), (8, 15), (15, 31)):
+        for lo, hi in ((0, 10), (10, 20), (20, 31)):
             sel = (yte == 0) | ((dte >= lo) & (dte < hi))
             if (yte[sel] == 1).sum() >= 5:
                 from sklearn.metrics import roc_auc_score
@@ -127,6 +144,7 @@ def run(*, n_train: int = 200, n_test: int = 400, seeds=(0, 1, 2), epochs: int =
         "classifier": f"pipelines.classifier.train_classifier (MONAI Classifier, width {width})",
         "n_train": n_train,
         "n_test": n_test,
+        "n_val": n_val,
         "test_positive_fraction": round(float(yte.mean()), 3),
         "epochs": epochs,
         "image_size": size,
@@ -134,7 +152,8 @@ def run(*, n_train: int = 200, n_test: int = 400, seeds=(0, 1, 2), epochs: int =
         "fresh": {"per_seed": fresh, "auroc_mean": round(float(aucs.mean()), 4),
                   "auroc_std": round(float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0, 4),
                   "auroc_min": round(float(aucs.min()), 4), "auroc_max": round(float(aucs.max()), 4),
-                  "data": "train: dataset seed 100+seed (fresh patients); test: dataset seed 999"},
+                  "data": "train: dataset seed 100+seed (fresh patients); val (best epoch): dataset seed 555; "
+                          "test: dataset seed 999"},
         "target_band": [0.70, 0.90],
         "in_band": bool(0.70 <= float(aucs.mean()) <= 0.90),
         "date": _dt.date.today().isoformat(),
@@ -143,17 +162,18 @@ def run(*, n_train: int = 200, n_test: int = 400, seeds=(0, 1, 2), epochs: int =
         d = _read_sample_data(Path(sample_manifest), size)
         xtr_all, ytr_all, _ = d["train"]
         xs, ys, _ = d["test"]
+        xv, yv, _ = d["val"]
         rng = np.random.default_rng(0)
         per = []
         for s in seeds:
             idx = np.sort(rng.permutation(len(ytr_all))[:n_train])
             auc, _ = _fit_score(normalise_xray(xtr_all[idx]), ytr_all[idx], normalise_xray(xs), ys,
-                                seed=int(s), epochs=epochs, width=width)
+                                seed=int(s), epochs=epochs, width=width, xva=normalise_xray(xv), yva=yv)
             per.append({"seed": int(s), "auroc": round(auc, 4)})
             log.info("sample_data seed %d: AUROC %.3f", s, auc)
         a = np.array([q["auroc"] for q in per])
         report["sample_data"] = {"manifest": "sample_data/manifest.csv", "n_train": int(min(n_train, len(ytr_all))),
-                                 "n_test": int(len(ys)), "per_seed": per,
+                                 "n_val": int(len(yv)), "n_test": int(len(ys)), "per_seed": per,
                                  "auroc_mean": round(float(a.mean()), 4),
                                  "auroc_std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)}
     report["seconds"] = round(time.time() - t0, 1)
@@ -173,7 +193,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=400)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--n-val", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "phantom_difficulty.json")
@@ -181,7 +202,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-sample-data", action="store_true", help="skip the committed sample_data evaluation")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rep = run(n_train=a.n_train, n_test=a.n_test, seeds=a.seeds, epochs=a.epochs, size=a.size, out=a.out,
+    rep = run(n_train=a.n_train, n_test=a.n_test, n_val=a.n_val, seeds=a.seeds, epochs=a.epochs, size=a.size, out=a.out,
               cache=a.cache, sample_manifest=None if a.no_sample_data else ROOT / "sample_data" / "manifest.csv")
     print(json.dumps(rep, indent=2))
 

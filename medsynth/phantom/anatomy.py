@@ -344,6 +344,8 @@ def _soft(signed, h):
 NODULE_DIAMETER_RANGE = (4.0, 30.0)
 #: exponent k of the diameter distribution ``lo + (hi - lo) * U**k`` (1 = uniform)
 NODULE_SIZE_SKEW = 0.7
+#: probabilities of the nodule textures (solid, part-solid, ground-glass)
+NODULE_TEXTURE_P = (0.8, 0.12, 0.08)
 
 
 def _draw_nodule(p, rng, diameter_mm=None):
@@ -354,7 +356,7 @@ def _draw_nodule(p, rng, diameter_mm=None):
         # pipelines/phantom_difficulty.py)
         diameter_mm = float(lo + (hi - lo) * rng.uniform() ** NODULE_SIZE_SKEW)
     R = diameter_mm / 2.0
-    kind = rng.choice(["solid", "part-solid", "ground-glass"], p=[0.8, 0.12, 0.08])
+    kind = rng.choice(["solid", "part-solid", "ground-glass"], p=list(NODULE_TEXTURE_P))
     shape = rng.choice(["smooth", "lobulated", "spiculated"], p=[0.45, 0.35, 0.2])
     if kind == "solid":
         hu = rng.uniform(-10.0, 60.0)

@@ -4,7 +4,16 @@ X-ray model (parallel beam along the anterior-posterior axis):
 HU -> linear attenuation ``mu = mu_water * (1 + HU / 1000)`` (mu_water ~ 0.02 /mm at an
 effective ~60 keV), Beer-Lambert line integrals ``L = sum(mu * dy)``, expected photon counts
 ``N0 * exp(-L)`` plus a low-frequency scatter term, Poisson quantum noise, detector blur, log
-transform and a fixed 12-bit presentation curve (dense = bright, MONOCHROME2 sense).
+transform and a 12-bit presentation curve (dense = bright, MONOCHROME2 sense).
+
+Presentation ("for presentation" processing, :func:`present`): detail enhancement, then a
+logistic characteristic curve centred on the lung fields (the :data:`LUNG_CENTRE_PERCENTILE`
+percentile of the processed signal inside the projected lung mask) with latitude
+:data:`LATITUDE`. Clinical DX processing optimises the grey scale for the lungs; an earlier
+version centred the curve on the whole-image median (air, mediastinum and abdomen included),
+which left the lung fields on the flat shoulder of the curve and made even 25 mm solid nodules
+barely visible at 64 x 64 (a small CNN on 200 images scored AUROC ~0.54). Mediastinum,
+abdomen and bone are compressed towards white instead, as on a clinical chest image.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ LOG_FULL_SCALE = 6.5
 #: presentation processing: detail (unsharp-mask) gain and large-scale range compression
 DETAIL_GAIN = 0.5
 LATITUDE = 1.0
+#: the characteristic curve is centred on this percentile of the processed log signal
+#: inside the projected lung fields (clinical processing optimises the lungs)
+LUNG_CENTRE_PERCENTILE = 50.0
 
 
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
@@ -133,7 +145,10 @@ def simulate_radiograph(
     counts = rng.poisson(primary + scatter).astype(np.float32)
     counts = ndimage.gaussian_filter(counts, blur_px, mode="nearest")
     logsig = -np.log(np.maximum(counts, 0.5) / (photons * (1.0 + scatter_fraction))).astype(np.float32)
-    pixels = present(logsig, spacing[0], detail_gain=detail_gain, latitude=latitude, gamma=gamma)
+    lung_proj = patient.lung_mask.max(axis=1)[::-1].astype(np.float32)
+    lung_field = _resize2d(lung_proj, size) >= 0.5
+    pixels = present(logsig, spacing[0], detail_gain=detail_gain, latitude=latitude, gamma=gamma,
+                     region=lung_field)
 
     proj = patient.nodule_mask.max(axis=1)[::-1].astype(np.float32)
     nm = (_resize2d(proj, size) >= 0.5).astype(np.uint8) if proj.any() else np.zeros(size, np.uint8)
@@ -156,26 +171,39 @@ def present(
     latitude: float = LATITUDE,
     gamma: float = 1.0,
     sigma_mm: float = 40.0,
+    region: np.ndarray | None = None,
+    centre_percentile: float | None = None,
 ) -> np.ndarray:
     """"For presentation" processing: detail enhancement + an S-shaped characteristic curve.
 
     Like the processing of clinical DX systems: the detail (signal minus its Gaussian
     large-scale component, ``sigma_mm``) is amplified by ``1 + detail_gain``, then a
-    logistic (film-like H&D) curve centred on the image's median log signal with
-    ``latitude`` (log units) maps it to 12 bits, compressing air and bone so that the lung
-    fields use most of the grey range.
+    logistic (film-like H&D) curve centred on the lung fields with ``latitude`` (log units)
+    maps it to 12 bits, compressing air and the dense mediastinum/abdomen/bone so that the
+    lung fields use most of the grey range.
 
     Args:
         log_signal: ``(H, W)`` float32 log detector signal (about 0..7, dense = high).
         pixel_mm: detector pixel size, mm.
+        detail_gain: unsharp-mask gain (``0`` = none).
+        latitude: logistic scale, log units (smaller = steeper, more contrast).
         gamma: exponent applied after the curve (display gamma).
+        sigma_mm: Gaussian sigma of the large-scale component, mm.
+        region: optional ``(H, W)`` bool mask of the lung fields; the curve is centred on
+            the ``centre_percentile`` percentile of the processed signal inside it (the
+            whole-image median when ``None`` or fewer than 16 pixels).
+        centre_percentile: default :data:`LUNG_CENTRE_PERCENTILE`.
 
     Returns:
         ``(H, W)`` uint16 in 0..4095, dense = bright.
     """
     low = ndimage.gaussian_filter(log_signal, sigma_mm / pixel_mm, mode="nearest")
     proc = low + (1.0 + detail_gain) * (log_signal - low)
-    centre = float(np.median(proc))
+    q = LUNG_CENTRE_PERCENTILE if centre_percentile is None else centre_percentile
+    if region is not None and int(np.count_nonzero(region)) >= 16:
+        centre = float(np.percentile(proc[np.asarray(region, bool)], q))
+    else:
+        centre = float(np.median(proc))
     v = 1.0 / (1.0 + np.exp(-(proc - centre) / latitude))
     v = np.clip(v, 0.0, 1.0) ** gamma
     return np.rint(v * 4095.0).astype(np.uint16)
