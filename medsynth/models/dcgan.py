@@ -3,9 +3,13 @@
 Medical job: the quick, light baseline generator for radiographs and CT slices (2D) or small
 CT volumes (3D), optionally class-conditional (nodule absent/present) for augmentation.
 
-Recipe (measured on phantom chest radiographs at 64², width 32, batch 64, ~5 min on 2 CPU
-cores): non-saturating BCE loss, one-sided label smoothing (real target 0.9) and a
-minibatch-standard-deviation channel in D. A plain DCGAN collapsed to one image in that budget.
+Recipe, chosen by measurement (``reports/recipe/``: LIDC nodule crops, 64², width 32, batch 64,
+250 steps, per-class pixel spread of 64 samples vs 0.51 for real crops): non-saturating BCE,
+one-sided label smoothing (real target 0.9), a minibatch-standard-deviation channel in D taken
+within each class, and CGAN-style conditioning (one-hot label concatenated to z; one-hot label
+maps as extra D input channels): spread 0.47-0.50. A learned class embedding in G collapsed
+to one image per class (spread 0.01-0.06) whatever D did (projection or channel conditioning,
+batch/no norm, DiffAugment); unconditional training stayed diverse (0.41-0.47).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ class DCGANParams(VariantParams):
     mbstd: bool = True
     d_norm: str = "batch"
     g_norm: str = "batch"
-    d_cond: str = "projection"
-    g_cond: str = "embed"
+    d_cond: str = "channel"
+    g_cond: str = "onehot"
 
 
 @register_model("dcgan")

@@ -96,7 +96,7 @@ class DCGenerator(nn.Module):
     """
 
     def __init__(self, latent_dim: int, size: int, channels: int = 1, width: int = 32,
-                 num_classes: int = 0, spatial_dims: int = 2, norm: str = "batch", cond: str = "embed"):
+                 num_classes: int = 0, spatial_dims: int = 2, norm: str = "batch", cond: str = "onehot"):
         super().__init__()
         if cond not in ("embed", "onehot"):
             raise ValueError(f"cond must be 'embed' or 'onehot', got {cond!r}")
@@ -147,7 +147,7 @@ class DCDiscriminator(nn.Module):
 
     def __init__(self, size: int, channels: int = 1, width: int = 32, num_classes: int = 0,
                  spatial_dims: int = 2, norm: str = "batch", mbstd: bool = True, mbstd_group: int = 4,
-                 cond: str = "projection"):
+                 cond: str = "channel"):
         super().__init__()
         if cond not in ("projection", "channel"):
             raise ValueError(f"cond must be 'projection' or 'channel', got {cond!r}")
