@@ -341,11 +341,15 @@ def _soft(signed, h):
 
 
 # ----------------------------------------------------------------------------- nodules
-NODULE_DIAMETER_RANGE = (4.0, 30.0)
-#: exponent k of the diameter distribution ``lo + (hi - lo) * U**k`` (1 = uniform)
-NODULE_SIZE_SKEW = 0.7
-#: probabilities of the nodule textures (solid, part-solid, ground-glass)
-NODULE_TEXTURE_P = (0.8, 0.12, 0.08)
+#: nominal nodule diameters, mm. 10..30 mm (was 4..30): at 6 mm radiograph pixels nodules
+#: under ~10 mm are invisible and only acted as label noise for the X-ray task
+NODULE_DIAMETER_RANGE = (10.0, 30.0)
+#: exponent k of the diameter distribution ``lo + (hi - lo) * U**k`` (1 = uniform; k < 1
+#: favours larger nodules; was 0.7)
+NODULE_SIZE_SKEW = 0.5
+#: probabilities of the nodule textures (solid, part-solid, ground-glass); ground-glass and
+#: part-solid nodules (-650..-400 HU) are kept as the rare hard cases (was 0.8, 0.12, 0.08)
+NODULE_TEXTURE_P = (0.92, 0.05, 0.03)
 
 
 def _draw_nodule(p, rng, diameter_mm=None):
@@ -466,8 +470,8 @@ def make_patient(
         shape: grid ``(Z, Y, X)``.
         spacing_mm: voxel size ``(z, y, x)`` mm (or one number for isotropic voxels).
         nodule: ``True``/``False`` forces a nodule in or out; ``None`` draws it with p = 0.5.
-        nodule_diameter_mm: force the nominal nodule diameter (else drawn in 4..30 mm,
-            see ``NODULE_SIZE_SKEW``).
+        nodule_diameter_mm: force the nominal nodule diameter (else drawn in
+            ``NODULE_DIAMETER_RANGE`` (10..30 mm), see ``NODULE_SIZE_SKEW``).
         origin: LPS ``(x, y, z)`` of voxel ``[0, 0, 0]``; default centres the grid on the
             thorax (x = 0, y = 0, z = 0 near the middle of the lungs).
 
