@@ -84,7 +84,7 @@ def test_minimax_g_loss_equals_log_one_minus_d():
 def test_cgan_label_is_one_hot_in_g_and_label_maps_in_d():
     m = _model("cgan")
     assert m.D.features[0].in_channels == 1 + 2  # image + one-hot label maps
-    assert m.G.net.fc.in_features == 16 + 2  # z ++ one-hot
+    assert m.G.fc.in_features == 16 + 2  # z ++ one-hot
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert not torch.equal(m.sample(4, labels=0, generator=g()), m.sample(4, labels=1, generator=g()))
 
