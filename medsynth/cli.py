@@ -250,6 +250,7 @@ def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial
         if cfg.data.size != size or cfg.data.spatial_dims != spatial_dims:
             raise MedsynthError(p, f"generator makes {cfg.data.size}px {cfg.data.spatial_dims}D images, "
                                    f"benchmark uses {size}px {spatial_dims}D")
+        count = -(-count // model.num_classes) * model.num_classes  # equal count per class
         labels = torch.arange(count) % model.num_classes
         images = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
         n = len(images)
