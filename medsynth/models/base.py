@@ -109,8 +109,17 @@ class GANVariant(nn.Module):
         raise NotImplementedError
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
-        """Map latents (and labels) to images ``(N, C, *S)`` in [-1, 1]."""
-        raise NotImplementedError
+        """Map latents (and labels) to images ``(N, C, *S)`` in [-1, 1].
+
+        Default: ``self.G_ema`` (if the variant keeps one and ``ema``) else ``self.G``, called as
+        ``G(z, labels)``; variants with other generator signatures override it.
+        """
+        return self.generator(ema)(z, labels)
+
+    def generator(self, ema: bool = True) -> nn.Module:
+        """The network used for sampling: the EMA copy when present and asked for, else ``G``."""
+        g_ema = getattr(self, "G_ema", None)
+        return g_ema if (ema and g_ema is not None) else self.G
 
     def on_step_end(self, step: int) -> None:
         """Called by the loop after each step (EMA, schedules). Default: ADA ``p`` update and EMA

@@ -192,7 +192,7 @@ class BigGAN(GANVariant):
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True,
                  truncation: float | None = None) -> Tensor:
         """Images ``(N, C, *S)`` in [-1, 1]; ``truncation`` psi in [0, 1] truncates z (module doc)."""
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
+        net = self.generator(ema)
         if truncation is not None:
             z = truncate_latent(z, float(truncation), self.p.truncation_mode)
         return net(z, labels)

@@ -176,15 +176,14 @@ class CoGAN(GANVariant):
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
         """Images ``(N, C, *S)`` of domain ``labels`` (0 = domain 1, 1 = domain 2; ``None``: domain 1)."""
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
-        return net(z, labels)
+        return self.generator(ema)(z, labels)
 
     @torch.no_grad()
     def sample_pairs(self, n: int, *, generator: torch.Generator | None = None,
                      ema: bool = True) -> tuple[Tensor, Tensor]:
         """``n`` aligned pairs from the same latents: two ``(n, C, *S)`` tensors in [-1, 1]
         (domain 1, domain 2), in eval mode."""
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
+        net = self.generator(ema)
         was_training = self.training
         self.eval()
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
 
 from medsynth import losses
 from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
@@ -64,10 +63,6 @@ class DCGAN(GANVariant):
     def phases(self) -> list[Phase]:
         b = tuple(self.cfg.betas)
         return [Phase("D", ("D",), self.cfg.lr_d, b), Phase("G", ("G",), self.cfg.lr_g, b)]
-
-    def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
-        return net(z, labels)
 
     def loss(self, phase: str, batch: Batch, step: int):
         n = batch.images.shape[0]

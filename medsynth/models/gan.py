@@ -119,10 +119,6 @@ class GAN(GANVariant):
         b = tuple(self.cfg.betas)
         return [Phase("D", ("D",), self.cfg.lr_d, b), Phase("G", ("G",), self.cfg.lr_g, b)]
 
-    def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
-        return net(z, labels)
-
     def loss(self, phase: str, batch: Batch, step: int):
         n = batch.images.shape[0]
         labels = batch.labels if self.num_classes > 0 else None

@@ -236,7 +236,7 @@ class ProGAN(GANVariant):
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
         """Images at the current resolution, nearest-upsampled to ``cfg.size``: ``(N, C, *S)``."""
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
+        net = self.generator(ema)
         img = net(z, labels, int(self.stage), float(self.alpha))
         return resize_to(img, self.cfg.size)
 

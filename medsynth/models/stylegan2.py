@@ -347,7 +347,7 @@ class StyleGAN2(GANVariant):
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True,
                  truncation: float | None = None) -> Tensor:
         """Images ``(N, C, *S)``; ``truncation`` psi pulls w toward the (class) average w."""
-        net = self.G_ema if (ema and self.G_ema is not None) else self.G
+        net = self.generator(ema)
         return net(z, labels, truncation=truncation)
 
     def r1_gamma(self, batch_size: int) -> float:
