@@ -116,6 +116,11 @@ class GANVariant(nn.Module):
         """
         return self.generator(ema)(z, labels)
 
+    def d_outputs(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``self.D`` on real and fake images, both through the augmentation hook; the real
+        outputs also feed ADA's overfitting statistic. Returns ``(real_logits, fake_logits)``."""
+        return self.d_real(self.D(self.d_input(real), labels)), self.D(self.d_input(fake), labels)
+
     def generator(self, ema: bool = True) -> nn.Module:
         """The network used for sampling: the EMA copy when present and asked for, else ``G``."""
         g_ema = getattr(self, "G_ema", None)

@@ -125,8 +125,7 @@ class GAN(GANVariant):
         z = self.latent(n, device=batch.images.device)
         if phase == "D":
             fake = self.G(z, labels).detach()
-            real_logits = self.d_real(self.D(self.d_input(batch.images), labels))
-            fake_logits = self.D(self.d_input(fake), labels)
+            real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
             return loss, {"loss/D": loss.item(), "D(real)": real_logits.sigmoid().mean().item(),
                           "D(fake)": fake_logits.sigmoid().mean().item(), **self.augment_stats()}

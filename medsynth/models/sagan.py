@@ -136,8 +136,7 @@ class SAGAN(GANVariant):
         if phase == "D":
             with torch.no_grad():
                 fake = self.G(z, labels)
-            real_logits = self.d_real(self.D(self.d_input(batch.images), labels))
-            fake_logits = self.D(self.d_input(fake), labels)
+            real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.hinge_d_loss(real_logits, fake_logits)
             return loss, {"loss/D": loss.item(), "D(real)": real_logits.mean().item(),
                           "D(fake)": fake_logits.mean().item(), **self.augment_stats()}

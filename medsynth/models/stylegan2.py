@@ -362,8 +362,7 @@ class StyleGAN2(GANVariant):
         if phase == "D":
             with torch.no_grad():
                 fake = self.G(z, labels, mix_prob=self.p.style_mixing)
-            real_l = self.d_real(self.D(self.d_input(batch.images), labels))
-            fake_l = self.D(self.d_input(fake), labels)
+            real_l, fake_l = self.d_outputs(batch.images, fake, labels)
             loss = F.softplus(fake_l).mean() + F.softplus(-real_l).mean()
             return loss, {"loss/D": loss.item(), "D(real)": real_l.sigmoid().mean().item(),
                           "D(fake)": fake_l.sigmoid().mean().item(), **self.augment_stats()}
