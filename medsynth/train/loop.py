@@ -36,10 +36,14 @@ def new_run_dir(out: str | Path, tag: str) -> Path:
     """Next free ``<out>/<NNNNN>-<tag>`` folder (created)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    nums = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
-    run = out / f"{(max(nums) + 1) if nums else 0:05d}-{tag}"
-    run.mkdir()
-    return run
+    while True:  # two runs started at once may pick the same number: mkdir decides, the loser retries
+        nums = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
+        run = out / f"{(max(nums) + 1) if nums else 0:05d}-{tag}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
 
 
 class BatchSampler:
