@@ -7,14 +7,13 @@ and inside checkpoints, so it loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from medsynth.atomic import write_text
 from medsynth.errors import MedsynthError
 
 #: The repository / installed package root (parent of ``medsynth/``).
@@ -209,22 +208,8 @@ def resolve(
     return cfg
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text via a temporary file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medsynth.atomic import atomic_path, write_text
 from medsynth.errors import MedsynthError
 from medsynth.metrics.stats import (
     auroc,
@@ -357,16 +356,6 @@ def run_benchmark(
 # writing
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def results_table(result: BenchmarkResult) -> pd.DataFrame:
@@ -415,15 +404,9 @@ def _plot(result: BenchmarkResult, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
 
@@ -450,7 +433,7 @@ def write_benchmark(result: BenchmarkResult, out_dir: str | Path) -> dict[str, P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json", "plot": out / "plot.png"}
-    _atomic_write_text(paths["csv"], results_table(result).to_csv(index=False))
-    _atomic_write_text(paths["json"], json.dumps(_jsonable(result.to_dict()), indent=1) + "\n")
+    write_text(paths["csv"], results_table(result).to_csv(index=False))
+    write_text(paths["json"], json.dumps(_jsonable(result.to_dict()), indent=1) + "\n")
     _plot(result, paths["plot"])
     return paths

@@ -178,14 +178,9 @@ def run(*, n_train: int = 200, n_test: int = 400, n_val: int = 100, seeds=(0, 1,
                                  "auroc_std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)}
     report["seconds"] = round(time.time() - t0, 1)
     if out is not None:
-        from medsynth.data.writers import _atomic_target, _finish
+        from medsynth.atomic import write_text
 
-        out = Path(out)
-        tmp = _atomic_target(out, ".json")
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=2)
-            fh.write("\n")
-        _finish(tmp, out)
+        write_text(out, json.dumps(report, indent=2) + "\n")
     return report
 
 

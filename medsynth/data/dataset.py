@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medsynth.atomic import atomic_path
 from medsynth.data.manifest import patient_split, read_manifest, select_rows
 from medsynth.data.readers import (
     ImageRecord,
@@ -496,18 +496,10 @@ def _fingerprint(source: Path, params: dict) -> str:
 
 
 def _save_cache(cache_file: Path, ims: ImageSet) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".imageset-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, images=ims.images.numpy(), labels=ims.labels.numpy(),
-                     patient_ids=np.array(ims.patient_ids, dtype=str), paths=np.array(ims.paths, dtype=str),
-                     splits=np.array(ims.splits, dtype=str), modality=np.array(ims.modality))
-        os.replace(tmp, cache_file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(cache_file, ".npz.tmp") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, images=ims.images.numpy(), labels=ims.labels.numpy(),
+                 patient_ids=np.array(ims.patient_ids, dtype=str), paths=np.array(ims.paths, dtype=str),
+                 splits=np.array(ims.splits, dtype=str), modality=np.array(ims.modality))
 
 
 def _load_cache(cache_file: Path) -> ImageSet:

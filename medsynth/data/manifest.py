@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medsynth.atomic import atomic_path
 from medsynth.errors import MedsynthError
 
 log = logging.getLogger(__name__)
@@ -198,15 +198,8 @@ def write_manifest(df: pd.DataFrame, csv: str | Path) -> Path:
     for col in _PATH_COLUMNS:
         if col in out.columns:
             out[col] = [_relative(v, base) for v in out[col]]
-    fd, tmp = tempfile.mkstemp(dir=csv.parent, prefix=f".{csv.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            out.to_csv(fh, index=False)
-        os.replace(tmp, csv)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(csv) as tmp:
+        out.to_csv(tmp, index=False)
     return csv
 
 

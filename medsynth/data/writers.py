@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medsynth.atomic import atomic_path
 from medsynth.data.windows import unit_to_hu
 from medsynth.errors import MedsynthError
 
@@ -65,33 +65,6 @@ class SyntheticInfo:
                 "not a real patient")
 
 
-# ----------------------------------------------------------------------------- atomic I/O
-def _atomic_target(path: Path, suffix: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _finish(tmp: str, path: Path) -> Path:
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
-    os.replace(tmp, path)
-    return path
-
-
-def _cleanup(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
-
-
 # ----------------------------------------------------------------------------- PNG
 def unit_to_uint(image: np.ndarray, bits: int = 8) -> np.ndarray:
     """``[-1, 1]`` floats -> unsigned integers ``0..2**bits - 1`` (clipped, rounded)."""
@@ -126,13 +99,9 @@ def write_png(path: str | Path, image: np.ndarray, *, bits: int = 8) -> Path:
         img = unit_to_uint(img, bits)
     img = img.astype(np.uint16 if bits == 16 else np.uint8)
     pil = Image.fromarray(img)
-    tmp = _atomic_target(path, ".png")
-    try:
+    with atomic_path(path, ".png") as tmp:
         pil.save(tmp, format="PNG", optimize=True)
-    except BaseException:
-        _cleanup(tmp)
-        raise
-    return _finish(tmp, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- NIfTI
@@ -206,13 +175,9 @@ def write_nifti(
     if intent:
         img.header.set_intent(intent)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = _atomic_target(path, suffix)
-    try:
+    with atomic_path(path, suffix) as tmp:
         nib.save(img, tmp)
-    except BaseException:
-        _cleanup(tmp)
-        raise
-    return _finish(tmp, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- DICOM common
@@ -262,13 +227,9 @@ def _mark_synthetic(ds, info: SyntheticInfo) -> None:
 
 
 def _save_dicom(ds, path: Path) -> Path:
-    tmp = _atomic_target(path, ".dcm")
-    try:
+    with atomic_path(path, ".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-    except BaseException:
-        _cleanup(tmp)
-        raise
-    return _finish(tmp, path)
+    return path
 
 
 def _uid(value: str | None) -> str:
@@ -612,10 +573,6 @@ def write_synthetic_set(
 def write_csv(path: str | Path, df) -> Path:
     """Atomically write a DataFrame as CSV (no index)."""
     path = Path(path)
-    tmp = _atomic_target(path, ".csv")
-    try:
+    with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False)
-    except BaseException:
-        _cleanup(tmp)
-        raise
-    return _finish(tmp, path)
+    return path

@@ -19,9 +19,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ import torch
 import yaml
 from torch import nn
 
+from medsynth.atomic import write_bytes
 from medsynth.errors import MedsynthError
 from medsynth.metrics.fidelity import (
     encoder_fingerprint,
@@ -61,19 +60,6 @@ _STATS_SKIP = {"step", "kimg", "seconds", "img_per_s", "tick", "time"}
 
 # --------------------------------------------------------------------------------------------
 # small utilities
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(obj: Any) -> Any:
@@ -671,13 +657,13 @@ def build_report(
     # ---- write
     figures = {}
     for fname, data in doc.images.items():
-        _atomic_write_bytes(out_dir / fname, data)
+        write_bytes(out_dir / fname, data)
         figures[fname.removesuffix(".png")] = fname
     result["figures"] = figures
     result["versions"] = {"torch": str(torch.__version__), "numpy": np.__version__}
-    _atomic_write_bytes(out_dir / "report.md", doc.markdown().encode("utf-8"))
-    _atomic_write_bytes(out_dir / "report.html", doc.html(f"medsynth report: {name}").encode("utf-8"))
-    _atomic_write_bytes(out_dir / "report.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode("utf-8"))
+    write_bytes(out_dir / "report.md", doc.markdown().encode("utf-8"))
+    write_bytes(out_dir / "report.html", doc.html(f"medsynth report: {name}").encode("utf-8"))
+    write_bytes(out_dir / "report.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode("utf-8"))
     logger.info("report written to %s", out_dir)
     return out_dir
 

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medsynth.atomic import atomic_path
 from medsynth.errors import MedsynthError
 
 
@@ -25,17 +24,8 @@ def versions() -> dict[str, str]:
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (tensors, numbers, strings, nested dicts/lists) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**payload, "versions": versions()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({**payload, "versions": versions()}, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from medsynth.atomic import atomic_path
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -33,12 +32,6 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save a grid PNG atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(make_grid(images, nrow)).save(buf, format="PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, ".png") as tmp:
+        Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
+    return Path(path)
