@@ -102,7 +102,14 @@ class GANVariant(nn.Module):
 
     # ---- the contract -------------------------------------------------------------------
     def phases(self) -> list[Phase]:
-        raise NotImplementedError
+        """Default: :meth:`adversarial_phases` with one D update per step."""
+        return self.adversarial_phases()
+
+    def adversarial_phases(self, n_critic: int = 1) -> list[Phase]:
+        """The usual schedule: phase ``D`` (``n_critic`` updates, each on a fresh batch) then
+        phase ``G``, Adam with the config's ``lr_d``/``lr_g`` and ``betas``."""
+        b = tuple(self.cfg.betas)
+        return [Phase("D", ("D",), self.cfg.lr_d, b, repeats=int(n_critic)), Phase("G", ("G",), self.cfg.lr_g, b)]
 
     def loss(self, phase: str, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
         """Scalar loss for ``phase`` on ``batch`` and a dict of floats to log."""

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema
 from medsynth.models.layers import MinibatchStdDev, conv_cls, init_dcgan_weights, norm_layer, num_doublings
 from medsynth.models.registry import register_model
 
@@ -165,10 +165,6 @@ class CoGAN(GANVariant):
         init_dcgan_weights(self.G)
         init_dcgan_weights(self.D)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
-
-    def phases(self) -> list[Phase]:
-        b = tuple(self.cfg.betas)
-        return [Phase("D", ("D",), self.cfg.lr_d, b), Phase("G", ("G",), self.cfg.lr_g, b)]
 
     def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Default domain for :meth:`sample`: domain 1 (label 0) for all."""

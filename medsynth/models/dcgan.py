@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 
 from medsynth import losses
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema
 from medsynth.models.layers import DCDiscriminator, DCGenerator, init_dcgan_weights
 from medsynth.models.registry import register_model
 
@@ -59,10 +59,6 @@ class DCGAN(GANVariant):
         init_dcgan_weights(self.G)
         init_dcgan_weights(self.D)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
-
-    def phases(self) -> list[Phase]:
-        b = tuple(self.cfg.betas)
-        return [Phase("D", ("D",), self.cfg.lr_d, b), Phase("G", ("G",), self.cfg.lr_g, b)]
 
     def loss(self, phase: str, batch: Batch, step: int):
         n = batch.images.shape[0]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema
 from medsynth.models.registry import register_model
 
 
@@ -114,10 +114,6 @@ class GAN(GANVariant):
         self.G = MLPGenerator(cfg.latent_dim, self.image_shape, hidden, self.num_classes)
         self.D = MLPDiscriminator(self.image_shape, hidden[::-1], self.num_classes, self.p.dropout)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
-
-    def phases(self) -> list[Phase]:
-        b = tuple(self.cfg.betas)
-        return [Phase("D", ("D",), self.cfg.lr_d, b), Phase("G", ("G",), self.cfg.lr_g, b)]
 
     def loss(self, phase: str, batch: Batch, step: int):
         n = batch.images.shape[0]

@@ -231,8 +231,7 @@ class ProGAN(GANVariant):
 
     # ---- contract -----------------------------------------------------------------------------
     def phases(self) -> list[Phase]:
-        b = tuple(self.cfg.betas)
-        return [Phase("D", ("D",), self.cfg.lr_d, b, repeats=self.p.n_critic), Phase("G", ("G",), self.cfg.lr_g, b)]
+        return self.adversarial_phases(self.p.n_critic)
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
         """Images at the current resolution, nearest-upsampled to ``cfg.size``: ``(N, C, *S)``."""

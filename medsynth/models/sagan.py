@@ -126,8 +126,7 @@ class SAGAN(GANVariant):
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
 
     def phases(self) -> list[Phase]:
-        b = tuple(self.cfg.betas)
-        return [Phase("D", ("D",), self.cfg.lr_d, b, repeats=self.p.n_critic), Phase("G", ("G",), self.cfg.lr_g, b)]
+        return self.adversarial_phases(self.p.n_critic)
 
     def loss(self, phase: str, batch: Batch, step: int):
         n = batch.images.shape[0]
