@@ -345,6 +345,29 @@ def report(
     typer.echo(f"report -> {path}")
 
 
+@app.command()
+@_friendly
+def evaluate(
+    run: Path = typer.Argument(..., help="run directory"),
+    real: Optional[str] = typer.Option(None, help="real data (default: the run's training data source)"),
+    count: int = typer.Option(500, help="synthetic images sampled"),
+    seed: int = typer.Option(0),
+    encoder: Optional[Path] = typer.Option(None, help="saved feature encoder (keeps features fixed across runs)"),
+    encoder_steps: int = typer.Option(300, "--encoder-steps", help="steps when the encoder is trained here"),
+    repeats: int = typer.Option(5, help="random real/real splits for the floors"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for attack AUROC CIs"),
+):
+    """Fidelity (FD, KID, precision/recall, density/coverage, intensity, MS-SSIM diversity, each with a
+    real-vs-real floor) and privacy (DCR/NNDR, closest pairs, membership inference with a control)
+    -> RUN/evaluate/evaluation.{json,md} + figures."""
+    from medsynth.metrics.evaluate import evaluate_run
+
+    t0 = time.perf_counter()
+    path = evaluate_run(run, real=real, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps,
+                        repeats=repeats, n_boot=n_boot)
+    typer.echo(f"evaluation ({time.perf_counter() - t0:.0f}s) -> {path} (and evaluation.md)")
+
+
 @app.command("sample-data")
 @_friendly
 def sample_data(

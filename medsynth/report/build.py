@@ -649,6 +649,7 @@ def build_report(
 
     # ---- privacy
     result["privacy"] = _privacy_section(doc, syn_x, real_x, fs, fr, seed, max_real_queries)
+    result["evaluation"] = _evaluation_section(doc, run_dir)
 
     doc.h("Configuration")
     doc.p("The resolved configuration of the run (`config.yaml`).")
@@ -708,6 +709,36 @@ def _privacy_section(doc: _Doc, syn_x, real_x, fs, fr, seed: int, max_real_queri
             + (" — central axial slices." if syn_x.dim() == 5 else "."))
     return {"pixel": s_px, "features": s_ft, "memorisation_flag": bool(flag),
             "flag_rule": f"frac_below_real_p1 > {MEMORISATION_FLAG_FRACTION}", "closest_pairs": closest}
+
+
+def _evaluation_section(doc: _Doc, run_dir: Path) -> dict | None:
+    """The fidelity/privacy suite written by ``medsynth evaluate RUN`` (``RUN/evaluate/``)."""
+    from medsynth.metrics.evaluate import evaluation_tables, read_evaluation
+
+    doc.h("Fidelity and privacy suite")
+    ev = read_evaluation(run_dir)
+    if ev is None:
+        doc.p(f"Not computed: run `medsynth evaluate {run_dir}` (KID, precision/recall, density/coverage, "
+              "intensity, MS-SSIM diversity, NNDR, membership inference), then rebuild the report.")
+        return None
+    fid = ev["fidelity"]
+    doc.p(f"From `{run_dir.name}/evaluate/evaluation.json` (checkpoint step {_fmt(ev.get('step'))}, "
+          f"{fid['n_synthetic']} synthetic images, seed {_fmt(ev.get('seed'))}). Protocol: {fid['protocol']}. "
+          f"Features: {fid['encoder']['kind']}, fingerprint `{fid['encoder']['fingerprint']}` (its own encoder: "
+          "compare its feature-space numbers only with evaluations of the same fingerprint).")
+    if ev["privacy"].get("memorisation_flag"):
+        doc.p("**WARNING: possible memorisation** in the evaluation's synthetic sample "
+              f"({ev['privacy']['flag_rule']}).")
+    for title, header, rows in evaluation_tables(ev):
+        doc.h(title, 3)
+        doc.table(header, rows)
+    for name, cap in (("fig_closest_pairs.png", "Evaluation: closest synthetic/training pairs (top: synthetic)."),
+                      ("fig_dcr_nndr.png", "Evaluation: DCR and NNDR distributions, synthetic vs real references."),
+                      ("fig_intensity.png", "Evaluation: intensity histograms inside the body mask.")):
+        path = run_dir / "evaluate" / name
+        if path.is_file():
+            doc.img("eval_" + name, path.read_bytes(), cap)
+    return ev
 
 
 def _benchmark_section(doc: _Doc, bench: dict | None, bench_dir: Path) -> dict | None:

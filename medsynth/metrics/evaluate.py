@@ -1,0 +1,568 @@
+"""The fidelity + privacy suite for one run: ``medsynth evaluate RUN``.
+
+:func:`evaluate_sets` computes every metric from image tensors; :func:`evaluate_run` loads a
+run directory (generator and discriminator from ``checkpoints/last.pt`` through
+:func:`medsynth.train.loop.load_trained`, real data from the run's saved ``config.yaml``),
+samples synthetic images, calls :func:`evaluate_sets` and writes
+``RUN/evaluate/evaluation.{json,md}`` plus PNG figures (atomic writes).
+
+Features: the project's own feature encoder (:mod:`medsynth.metrics.fidelity`: convolutional
+autoencoder trained on the real training images only, bottleneck + texture statistics; no
+downloaded weights). Its fingerprint is recorded; feature-space numbers are comparable only
+between evaluations with the same fingerprint (pass ``encoder=`` a saved file to keep it
+fixed across runs; by default it is trained here with ``seed`` and saved as
+``RUN/evaluate/encoder.pt``).
+
+Every fidelity metric has a real-vs-real floor, computed with one protocol: the real training
+images are split at random into halves A and B (size h each); the synthetic set is subsampled
+to m = min(h, M) images; the metric of *synthetic (m) vs real A* is set against the same
+metric of *real B (m) vs real A*, each as mean ± sd over ``repeats`` random splits. Diversity
+(mean pairwise MS-SSIM) is a property of one set: synthetic against real, and real half A
+against real half B.
+
+Privacy: DCR and NNDR of synthetic→training images against leave-one-out training→training
+(and held-out→training) distributions, the fraction of synthetic images closer than the
+real-real 1st percentile, the closest pairs, and two membership-inference attacks (distance
+and discriminator) on training vs held-out real images with a held-out-vs-held-out control
+(:mod:`medsynth.metrics.membership`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsynth.atomic import write_bytes, write_text
+from medsynth.errors import MedsynthError
+from medsynth.metrics.diversity import mean_pairwise_ms_ssim, ms_ssim_settings
+from medsynth.metrics.fidelity import (
+    encoder_fingerprint,
+    extract_features,
+    frechet_distance,
+    load_encoder,
+    save_encoder,
+    train_feature_encoder,
+)
+from medsynth.metrics.intensity import (
+    BODY_HU_THRESHOLD,
+    body_threshold,
+    intensity_distance,
+    intensity_histogram,
+)
+from medsynth.metrics.membership import (
+    dcr_nndr,
+    discriminator_scores,
+    distance_attack_scores,
+    distance_summary,
+    membership_attack,
+)
+from medsynth.metrics.prdc import kernel_inception_distance, prdc
+
+logger = logging.getLogger(__name__)
+
+EVAL_FORMAT = "medsynth-evaluation/1"
+#: flagged when more than this fraction of synthetic images is closer to a training image than
+#: the 1st percentile of real-to-real distances (the same rule as the report's DCR screen).
+MEMORISATION_FLAG_FRACTION = 0.05
+N_CLOSEST_PAIRS = 8
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _mean_sd(vals: list[float]) -> dict[str, float]:
+    a = np.asarray(vals, dtype=np.float64)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+
+
+def _agg(dicts: list[dict], keys) -> dict:
+    return {k: _mean_sd([d[k] for d in dicts]) for k in keys}
+
+
+def _images(x, name: str, min_n: int) -> torch.Tensor:
+    x = torch.as_tensor(x).detach().to(torch.float32).cpu()
+    if x.dim() not in (4, 5) or x.shape[1] != 1 or len(x) < min_n:
+        raise MedsynthError(name, f"need at least {min_n} images (N, 1, H, W) or (N, 1, D, H, W), got {tuple(x.shape)}")
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# figures (matplotlib object API, Agg canvas, no pyplot)
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _view(x: torch.Tensor) -> np.ndarray:
+    """(N, 1, *S) → (N, H, W); volumes show the central slice of the first axis."""
+    if x.dim() == 5:
+        x = x[:, :, x.shape[2] // 2]
+    return x[:, 0].clamp(-1, 1).numpy()
+
+
+def fig_closest_pairs(synth: torch.Tensor, real: torch.Tensor, dists: np.ndarray) -> bytes:
+    """Side-by-side PNG: synthetic images (top) above their nearest training image (bottom)."""
+    s, r = _view(synth), _view(real)
+    n = len(dists)
+    fig = _figure(1.3 * n + 0.7, 3.2)
+    axes = fig.subplots(2, n, squeeze=False)
+    for j in range(n):
+        for i, (img, lab) in enumerate(((s[j], "synthetic"), (r[j], "nearest training"))):
+            ax = axes[i, j]
+            ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(lab, fontsize=8)
+        axes[0, j].set_title(f"DCR={dists[j]:.2f}", fontsize=8)
+    return _png(fig)
+
+
+def _fig_distances(panels: list[tuple[str, dict[str, np.ndarray]]]) -> bytes:
+    fig = _figure(5 * len(panels), 3.5)
+    for ax, (title, series) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        allv = np.concatenate(list(series.values()))
+        lo, hi = float(allv.min()), float(allv.max())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 40)
+        for lab, v in series.items():
+            ax.hist(v, bins=bins, density=True, alpha=0.5, label=f"{lab} (n={len(v)})")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _fig_intensity(real, synth, modality, ct_window) -> bytes:
+    fig = _figure(6, 3.5)
+    ax = fig.subplots()
+    for lab, x in (("real training", real), ("synthetic", synth)):
+        h, edges, frac = intensity_histogram(x, modality=modality, ct_window=ct_window)
+        c = (edges[:-1] + edges[1:]) / 2
+        ax.plot(c, h / max(h.sum(), 1), label=f"{lab} (mask {frac:.0%} of pixels)")
+    ax.set_xlabel("grey level (normalised)" if modality == "xray" else "HU")
+    ax.set_ylabel("fraction of body pixels")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# the suite
+
+
+def evaluate_sets(
+    train_x,
+    synth_x,
+    *,
+    encoder: nn.Module,
+    modality: str,
+    ct_window: Any = "lung",
+    train_groups=None,
+    heldout_x=None,
+    heldout_groups=None,
+    d_score: Callable[[torch.Tensor, np.ndarray | None], np.ndarray] | None = None,
+    train_labels=None,
+    heldout_labels=None,
+    seed: int = 0,
+    repeats: int = 5,
+    kid_subsets: int = 50,
+    ms_ssim_pairs: int = 200,
+    n_boot: int = 1000,
+) -> tuple[dict, dict[str, bytes]]:
+    """Fidelity and privacy metrics of a synthetic set against the real training images.
+
+    Args:
+        train_x: ``(N, 1, *S)`` float32 in [-1, 1], real images the generator was trained on
+            (N ≥ 24: halves of ≥ 12 for the k-NN metrics).
+        synth_x: ``(M, 1, *S)`` float32 in [-1, 1], synthetic images (M ≥ 6).
+        encoder: the feature encoder (trained on ``train_x`` only); kept fixed for comparisons.
+        modality: ``"xray"`` or ``"ct"`` (intensity units, body mask).
+        ct_window: the CT window the images were normalised with (HU conversion).
+        train_groups, heldout_groups: optional patient ids (bootstrap / control by patient).
+        heldout_x: ``(K, 1, *S)`` real images *not* trained on (K ≥ 4); enables the
+            membership-inference attacks. ``None`` skips them (recorded).
+        d_score: optional ``f(images, labels) -> (n,) scores``, the discriminator attack;
+            called once on training + held-out images together.
+        train_labels, heldout_labels: ``(N,)`` / ``(K,)`` labels handed to ``d_score``.
+        seed: seeds the real/real splits, subsamples, KID subsets, MS-SSIM pairs, bootstrap.
+        repeats: random real/real splits for the floors (mean ± sd).
+        kid_subsets: KID subsets per split.
+        ms_ssim_pairs: random pairs for each mean pairwise MS-SSIM.
+        n_boot: bootstrap resamples for the attack AUROC CIs.
+
+    Returns:
+        ``(result, figures)``: ``result`` a JSON-ready dict with ``fidelity`` and ``privacy``
+        sections; ``figures`` PNG bytes by file name.
+    """
+    t0 = time.perf_counter()
+    tr = _images(train_x, "train_x", 24)
+    sy = _images(synth_x, "synth_x", 6)
+    if sy.shape[1:] != tr.shape[1:]:
+        raise MedsynthError("synth_x", f"image shape {tuple(sy.shape[1:])} differs from the real images' {tuple(tr.shape[1:])}")
+    ho = None if heldout_x is None else _images(heldout_x, "heldout_x", 4)
+    if ho is not None and ho.shape[1:] != tr.shape[1:]:
+        raise MedsynthError("heldout_x", f"image shape {tuple(ho.shape[1:])} differs from {tuple(tr.shape[1:])}")
+    rng = np.random.default_rng(seed)
+    fr = extract_features(encoder, tr)
+    fs = extract_features(encoder, sy)
+    h = len(tr) // 2
+    m = min(h, len(sy))
+    k = 5 if m > 10 else max(1, m - 2)
+    rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r")}
+    for rep in range(max(1, repeats)):
+        perm = rng.permutation(len(tr))
+        a, b = perm[:h], perm[h : h + m]
+        si = rng.permutation(len(sy))[:m]
+        rows["fd_s"].append(frechet_distance(fs[si], fr[a[:m]]))
+        rows["fd_r"].append(frechet_distance(fr[b], fr[a[:m]]))
+        rows["kid_s"].append(kernel_inception_distance(fs[si], fr[a], subset_size=m, n_subsets=kid_subsets,
+                                                       seed=seed + rep)["mean"])
+        rows["kid_r"].append(kernel_inception_distance(fr[b], fr[a], subset_size=m, n_subsets=kid_subsets,
+                                                       seed=seed + rep)["mean"])
+        rows["prdc_s"].append(prdc(fr[a], fs[si], k=k))
+        rows["prdc_r"].append(prdc(fr[a], fr[b], k=k))
+        ta = tr[torch.as_tensor(a)]
+        rows["int_s"].append(intensity_distance(sy[torch.as_tensor(si)], ta, modality=modality, ct_window=ct_window))
+        rows["int_r"].append(intensity_distance(tr[torch.as_tensor(b)], ta, modality=modality, ct_window=ct_window))
+    prdc_keys = ("precision", "recall", "density", "coverage")
+    int_keys = [key for key in rows["int_s"][0] if key != "mask_fraction_b"]
+    half = rng.permutation(len(tr))
+    div = {
+        "synthetic": mean_pairwise_ms_ssim(sy, n_pairs=ms_ssim_pairs, seed=seed),
+        "real": mean_pairwise_ms_ssim(tr, n_pairs=ms_ssim_pairs, seed=seed),
+        "real_half_a": mean_pairwise_ms_ssim(tr[torch.as_tensor(half[:h])], n_pairs=ms_ssim_pairs, seed=seed + 1),
+        "real_half_b": mean_pairwise_ms_ssim(tr[torch.as_tensor(half[h:])], n_pairs=ms_ssim_pairs, seed=seed + 2),
+        "settings": {k2: v for k2, v in ms_ssim_settings(tr.shape[2:]).items()},
+    }
+    fid = {
+        "protocol": (f"synthetic (m={m}) vs real half A (h={h}) against real half B (m={m}) vs real half A; "
+                     f"mean ± sd over {max(1, repeats)} random splits"),
+        "n_real_train": int(len(tr)), "n_synthetic": int(len(sy)), "m": int(m), "h": int(h),
+        "repeats": int(max(1, repeats)),
+        "fd": {"synthetic": _mean_sd(rows["fd_s"]), "floor": _mean_sd(rows["fd_r"])},
+        "kid": {"synthetic": _mean_sd(rows["kid_s"]), "floor": _mean_sd(rows["kid_r"]),
+                "kernel": "(x.y/F + 1)^3", "subsets_per_split": int(kid_subsets), "subset_size": int(m)},
+        "prdc": {"synthetic": _agg(rows["prdc_s"], prdc_keys), "floor": _agg(rows["prdc_r"], prdc_keys), "k": int(k)},
+        "intensity": {
+            "units": "normalised grey level [-1, 1]" if modality == "xray" else f"HU (window {ct_window})",
+            "mask_rule": (f"value > {body_threshold(modality, ct_window):.3f} (normalised)"
+                          + ("" if modality == "xray" else f", i.e. above max(-950 HU = {BODY_HU_THRESHOLD:g}, "
+                             "lowest 2.5 % of the window)")),
+            "synthetic": _agg(rows["int_s"], int_keys),
+            "floor": _agg(rows["int_r"], int_keys),
+        },
+        "diversity_ms_ssim": div,
+        "encoder": {
+            "kind": "convolutional autoencoder (bottleneck + texture statistics) trained on the real training images only",
+            "fingerprint": encoder_fingerprint(encoder),
+            "feature_dim": int(fr.shape[1]),
+            "train_info": dict(getattr(encoder, "train_info", {})),
+        },
+    }
+    figures: dict[str, bytes] = {"fig_intensity.png": _fig_intensity(tr, sy, modality, ct_window)}
+
+    # ---- privacy: DCR / NNDR in pixel space
+    dcr, nndr = dcr_nndr(sy, tr)
+    ref_dcr, ref_nndr = dcr_nndr(tr, tr, exclude_self=True)
+    priv: dict[str, Any] = {
+        "space": "pixels (flattened, [-1, 1]), L2",
+        "dcr": distance_summary(dcr, ref_dcr),
+        "nndr": distance_summary(nndr, ref_nndr),
+        "reference": "leave-one-out training -> training",
+    }
+    dist_panels = {"synthetic → training": dcr, "training → training (LOO)": ref_dcr}
+    nndr_panels = {"synthetic → training": nndr, "training → training (LOO)": ref_nndr}
+    if ho is not None:
+        ho_dcr, ho_nndr = dcr_nndr(ho, tr)
+        priv["heldout_reference"] = {"dcr": distance_summary(dcr, ho_dcr), "nndr": distance_summary(nndr, ho_nndr)}
+        dist_panels["held-out → training"] = ho_dcr
+        nndr_panels["held-out → training"] = ho_nndr
+    priv["memorisation_flag"] = bool(priv["dcr"]["frac_below_real_p1"] > MEMORISATION_FLAG_FRACTION)
+    priv["flag_rule"] = f"dcr frac_below_real_p1 > {MEMORISATION_FLAG_FRACTION}"
+    figures["fig_dcr_nndr.png"] = _fig_distances([("DCR (pixel L2)", dist_panels), ("NNDR (d1 / d2)", nndr_panels)])
+    _, nn_idx = _nearest_index(sy, tr)
+    order = np.argsort(dcr, kind="stable")[:N_CLOSEST_PAIRS]
+    priv["closest_pairs"] = [{"synthetic_index": int(i), "train_index": int(nn_idx[i]), "dcr": float(dcr[i])} for i in order]
+    figures["fig_closest_pairs.png"] = fig_closest_pairs(sy[torch.as_tensor(order)], tr[torch.as_tensor(nn_idx[order])],
+                                                         dcr[order])
+
+    # ---- membership inference
+    mia: dict[str, Any] = {}
+    if ho is None:
+        mia["skipped"] = "no held-out real images (the run trained on all rows): attacks need non-members"
+    else:
+        mia["n_members"], mia["n_nonmembers"] = int(len(tr)), int(len(ho))
+        mia["distance"] = membership_attack(distance_attack_scores(tr, sy), distance_attack_scores(ho, sy),
+                                            member_groups=train_groups, nonmember_groups=heldout_groups,
+                                            n_boot=n_boot, seed=seed)
+        mia["distance"]["score"] = "minus L2 distance (pixels) of a real image to its nearest synthetic image"
+        if d_score is None:
+            mia["discriminator"] = {"skipped": "no discriminator supplied"}
+        else:
+            try:
+                labels = None
+                if train_labels is not None and heldout_labels is not None:
+                    labels = np.r_[np.asarray(train_labels).ravel(), np.asarray(heldout_labels).ravel()]
+                s = np.asarray(d_score(torch.cat([tr, ho]), labels), dtype=np.float64)
+                mia["discriminator"] = membership_attack(s[: len(tr)], s[len(tr):], member_groups=train_groups,
+                                                         nonmember_groups=heldout_groups, n_boot=n_boot, seed=seed)
+                mia["discriminator"]["score"] = "discriminator logit (eval mode, no augmentation)"
+            except MedsynthError as exc:
+                logger.warning("discriminator attack skipped: %s", exc)
+                mia["discriminator"] = {"skipped": str(exc)}
+    priv["membership_inference"] = mia
+    result = {"format": EVAL_FORMAT, "modality": modality, "image_shape": list(tr.shape[1:]), "seed": int(seed),
+              "fidelity": fid, "privacy": priv, "seconds": round(time.perf_counter() - t0, 1)}
+    return result, figures
+
+
+def _nearest_index(q: torch.Tensor, ref: torch.Tensor):
+    from sklearn.neighbors import NearestNeighbors
+
+    d, i = NearestNeighbors(n_neighbors=1).fit(ref.reshape(len(ref), -1).numpy()).kneighbors(
+        q.reshape(len(q), -1).numpy())
+    return d[:, 0], i[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# tables (shared by evaluation.md and the report)
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    v = float(v)
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.{nd}g}" if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3) else f"{v:.{nd}f}"
+
+
+def _ms(d: dict | None, nd: int = 3) -> str:
+    return "–" if not d else f"{_f(d.get('mean'), nd)} ± {_f(d.get('sd'), nd)}"
+
+
+def _auc(d: dict | None) -> str:
+    if not d or "auroc" not in d:
+        return (d or {}).get("skipped", "–")
+    return f"{_f(d['auroc'])} [{_f(d['lo'])}, {_f(d['hi'])}]"
+
+
+def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``[(title, header, rows)]`` of an evaluation result (for Markdown and the report)."""
+    fid, priv = ev.get("fidelity", {}), ev.get("privacy", {})
+    out = []
+    rows = [["Fréchet distance (features)", _ms(fid["fd"]["synthetic"]), _ms(fid["fd"]["floor"]), "lower"],
+            ["KID (features, unbiased MMD²)", _ms(fid["kid"]["synthetic"], 4), _ms(fid["kid"]["floor"], 4), "lower (≈0)"]]
+    for key in ("precision", "recall", "density", "coverage"):
+        rows.append([f"{key} (k={fid['prdc']['k']})", _ms(fid["prdc"]["synthetic"][key]),
+                     _ms(fid["prdc"]["floor"][key]), "higher (≈ floor)"])
+    units = fid["intensity"]["units"]
+    for key, d in fid["intensity"]["synthetic"].items():
+        label = {"w1": f"intensity Wasserstein-1 in body mask ({units})",
+                 "hist_intersection": "intensity histogram intersection",
+                 "mask_fraction_a": "body-mask fraction of the compared images"}.get(
+            key, key.replace("profile_l1_", "mean-intensity profile L1 along ") + f" ({units})")
+        rows.append([label, _ms(d), _ms(fid["intensity"]["floor"].get(key)),
+                     "higher" if key == "hist_intersection" else ("≈ floor" if key.startswith("mask") else "lower")])
+    dv = fid["diversity_ms_ssim"]
+    rows.append(["mean pairwise MS-SSIM (diversity)", f"{_f(dv['synthetic']['mean'])} (synthetic)",
+                 f"{_f(dv['real_half_a']['mean'])} / {_f(dv['real_half_b']['mean'])} (real halves A / B); "
+                 f"{_f(dv['real']['mean'])} all real", "≈ real; higher = mode collapse"])
+    out.append(("Fidelity (synthetic vs real, with the real-vs-real floor)",
+                ["metric", "synthetic vs real A (mean ± sd)", "real B vs real A (floor)", "better"], rows))
+    rows = []
+    for key, lab in (("dcr", "DCR (pixel L2)"), ("nndr", "NNDR")):
+        d = priv[key]
+        rows.append([lab, _f(d["median"]), _f(d["real_median"]), _f(d["real_p1"]),
+                     f"{d['frac_below_real_p1']:.1%}", f"{d['frac_below_real_p5']:.1%}"])
+    out.append(("Privacy: memorisation (synthetic → training vs training → training)",
+                ["statistic", "synthetic median", "real-real median", "real-real 1st pct",
+                 "synthetic ≤ real 1st pct", "synthetic ≤ real 5th pct"], rows))
+    mia = priv.get("membership_inference", {})
+    if "skipped" in mia:
+        out.append(("Privacy: membership inference", ["attack", "note"], [["all", mia["skipped"]]]))
+    else:
+        rows = []
+        for key, lab in (("distance", "distance to nearest synthetic"), ("discriminator", "discriminator score")):
+            d = mia.get(key, {})
+            rows.append([lab, _auc(d.get("attack", d)), _auc(d.get("control")) if "control" in d else "–",
+                         _f(d.get("excess_over_control")) if "excess_over_control" in d else "–"])
+        out.append((f"Privacy: membership inference ({mia.get('n_members')} training vs {mia.get('n_nonmembers')} "
+                    "held-out real images; AUROC [95% bootstrap CI])",
+                    ["attack", "training vs held-out", "control: held-out half vs half", "attack - control"], rows))
+    return out
+
+
+def evaluation_markdown(ev: dict) -> str:
+    """Markdown rendering of an evaluation result (tables + figure links)."""
+    lines = [f"# medsynth evaluation: {ev.get('run', '')}", ""]
+    lines.append(f"Images {' × '.join(map(str, ev.get('image_shape', [])))}, modality {ev.get('modality')}, "
+                 f"{ev['fidelity']['n_real_train']} real training and {ev['fidelity']['n_synthetic']} synthetic images; "
+                 f"seed {ev.get('seed')}. Protocol: {ev['fidelity']['protocol']}.")
+    enc = ev["fidelity"]["encoder"]
+    lines.append("")
+    lines.append(f"Features: {enc['kind']}; fingerprint `{enc['fingerprint']}`, {enc['feature_dim']} values. "
+                 "Feature-space numbers compare only between evaluations with the same fingerprint.")
+    flag = ev["privacy"].get("memorisation_flag")
+    lines += ["", f"**Memorisation flag: {'YES' if flag else 'no'}** (raised when {ev['privacy'].get('flag_rule')})."]
+    if ev.get("dp"):
+        lines += ["", f"Differential privacy: {ev['dp']}"]
+    for title, header, rows in evaluation_tables(ev):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+        lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    for name, cap in (("fig_closest_pairs.png", "closest synthetic/training pairs"),
+                      ("fig_dcr_nndr.png", "DCR and NNDR distributions"),
+                      ("fig_intensity.png", "intensity histograms in the body mask")):
+        if name in ev.get("figures", {}).values() or name in ev.get("figures", []):
+            lines += ["", f"![{cap}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(ev: dict, figures: dict[str, bytes], out_dir: str | Path) -> Path:
+    """Write ``evaluation.json``, ``evaluation.md`` and the figures into ``out_dir`` (atomic)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in figures.items():
+        write_bytes(out_dir / name, data)
+    ev = dict(ev, figures={n.removesuffix(".png"): n for n in figures})
+    write_text(out_dir / "evaluation.md", evaluation_markdown(ev))
+    write_text(out_dir / "evaluation.json", json.dumps(_jsonable(ev), indent=1) + "\n")
+    return out_dir / "evaluation.json"
+
+
+def read_evaluation(run_dir: str | Path) -> dict | None:
+    """The ``RUN/evaluate/evaluation.json`` written by :func:`evaluate_run`, or ``None``."""
+    path = Path(run_dir) / "evaluate" / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        ev = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MedsynthError(path, "is not valid JSON") from exc
+    if not isinstance(ev, dict) or ev.get("format") != EVAL_FORMAT:
+        raise MedsynthError(path, "is not a medsynth evaluation file")
+    return ev
+
+
+# --------------------------------------------------------------------------------------------
+# a run directory
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    real: str | None = None,
+    count: int = 500,
+    seed: int = 0,
+    encoder: str | Path | nn.Module | None = None,
+    encoder_steps: int = 300,
+    repeats: int = 5,
+    n_boot: int = 1000,
+) -> Path:
+    """Compute the suite for a run directory and write ``RUN/evaluate/``.
+
+    Args:
+        run_dir: a run directory with ``config.yaml`` and ``checkpoints/last.pt``.
+        real: real data source; default the run's ``data.source``. Images in the run's
+            training split (``data.split``) are members; all other rows are held out.
+        count: synthetic images sampled (balanced over classes for conditional models).
+        seed: seeds sampling, the encoder, splits and bootstraps.
+        encoder: a saved encoder file / module to keep features fixed across runs; default
+            trains one on the training images and saves ``RUN/evaluate/encoder.pt``.
+        encoder_steps: encoder training steps when it is trained here.
+        repeats: real/real splits for the floors.
+        n_boot: bootstrap resamples for attack CIs.
+
+    Returns:
+        The path of ``evaluation.json``.
+    """
+    from medsynth.data.dataset import load_image_set
+    from medsynth.train.loop import load_trained
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MedsynthError(run_dir, "no config.yaml: not a medsynth run directory")
+    cfg, model, ck = load_trained(run_dir)
+    d = cfg.data
+    ds = load_image_set(real or d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+                        split=None, ct_window=d.ct_window)
+    if d.split is None:
+        train_mask = np.ones(len(ds), dtype=bool)
+    else:
+        train_mask = np.array([s == d.split for s in ds.splits])
+    tr, ho = ds.subset(train_mask), (ds.subset(~train_mask) if (~train_mask).sum() >= 4 else None)
+    if ho is None:
+        logger.warning("evaluate: fewer than 4 held-out real images; membership-inference attacks skipped")
+    out_dir = run_dir / "evaluate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(count) % model.num_classes) if model.num_classes > 0 else None
+    with torch.no_grad():
+        syn = model.sample(count, labels=labels, generator=g).float().clamp(-1, 1)
+    if isinstance(encoder, nn.Module):
+        enc, enc_src = encoder, "supplied by the caller"
+    elif encoder is not None:
+        enc, enc_src = load_encoder(encoder), str(encoder)
+    else:
+        enc = train_feature_encoder(tr.images, seed=seed, steps=encoder_steps)
+        save_encoder(enc, out_dir / "encoder.pt")
+        enc_src = "trained here on the training images, saved as evaluate/encoder.pt"
+
+    conditional = model.num_classes > 0
+    known = bool((tr.labels >= 0).all()) and (ho is None or bool((ho.labels >= 0).all()))
+
+    def d_score(images, lab):
+        if conditional and (lab is None or not known):
+            raise MedsynthError("labels", "class-conditional discriminator but some real labels are unknown (-1)")
+        return discriminator_scores(model, images, lab if conditional else None,
+                                    batch_size=int(cfg.train.batch_size), seed=seed)
+
+    ev, figs = evaluate_sets(
+        tr.images, syn, encoder=enc, modality=d.modality, ct_window=d.ct_window,
+        train_groups=tr.patient_ids, heldout_x=None if ho is None else ho.images,
+        heldout_groups=None if ho is None else ho.patient_ids, d_score=d_score,
+        train_labels=tr.labels.numpy(), heldout_labels=None if ho is None else ho.labels.numpy(),
+        seed=seed, repeats=repeats, n_boot=n_boot,
+    )
+    ev["fidelity"]["encoder"]["source"] = enc_src
+    ev.update({"run": run_dir.resolve().name, "model": cfg.model.name, "step": int(ck.get("step", -1)),
+               "real_source": str(real or d.source), "train_split": d.split, "n_synthetic_sampled": int(count),
+               "dp": "not used (medsynth has no differentially private training yet; no epsilon to report)"})
+    return write_evaluation(ev, figs, out_dir)
