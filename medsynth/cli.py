@@ -269,17 +269,20 @@ def benchmark(
     spatial_dims: int = typer.Option(2, "--spatial-dims"),
     ct_window: str = typer.Option("lung", "--ct-window"),
     fractions: str = typer.Option("0.1,0.25,1.0", help="real training fractions"),
-    seeds: int = typer.Option(3, help="number of seeds"),
+    seeds: int = typer.Option(5, help="number of seeds (>= 5 recommended)"),
+    arms: str = typer.Option("all", help="comma list of arms: real, real+classic, real+synthetic, "
+                             "real+classic+synthetic, synthetic-only; 'all' = every arm the data allows"),
+    arch: str = typer.Option("cnn", help="classifier: cnn (position-invariant), monai, resnet18, resnet10"),
+    device: str = typer.Option("cpu", help="torch device for classifier training (cpu, cuda)"),
     epochs: int = typer.Option(15),
     synthetic_ratio: float = typer.Option(1.0, "--synthetic-ratio", help="synthetic images per real training image"),
     n_boot: int = typer.Option(1000, "--n-boot"),
-    classic_augment: bool = typer.Option(False, "--classic-augment/--no-classic-augment",
-                                         help="MONAI random flips/affine on the classifier's training batches (all arms)"),
     min_steps: int = typer.Option(100, "--min-steps", help="at least this many optimiser steps (small fractions)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/benchmark or benchmarks/<name>)"),
 ):
-    """Tumour classifier trained real-only vs real+synthetic at reduced real fractions, several seeds,
-    patient-held-out test set: AUROC/sensitivity/specificity with bootstrap 95% CIs and paired differences."""
+    """Tumour classifier per arm (real, +classic augmentation, +synthetic, both, synthetic-only) at reduced
+    real fractions, several seeds, patient-held-out test set: AUROC, sens@90%spec, spec@90%sens with
+    patient-bootstrap 95% CIs and paired bootstrap tests against real-only."""
     from pipelines.benchmark import run_benchmark, write_benchmark
 
     fr = tuple(float(f) for f in fractions.split(","))
@@ -290,9 +293,12 @@ def benchmark(
         syn_set = _synthetic_set(synthetic, real_set, count=max(2, int(round(synthetic_ratio * n_train))), seed=1234,
                                  size=size, spatial_dims=spatial_dims, modality=modality, ct_window=ct_window)
     t0 = time.perf_counter()
-    result = run_benchmark(real_set, syn_set, fractions=fr, seeds=tuple(range(seeds)), epochs=epochs,
-                           synthetic_ratio=synthetic_ratio, n_boot=n_boot, augment=classic_augment,
-                           min_steps=min_steps)
+    arm_list = None if arms.strip() == "all" else tuple(a.strip() for a in arms.split(",") if a.strip())
+    if arm_list is None and syn_set is None:
+        typer.echo("no --synthetic: running the real and real+classic arms only")
+    result = run_benchmark(real_set, syn_set, arms=arm_list, fractions=fr, seeds=tuple(range(seeds)),
+                           epochs=epochs, synthetic_ratio=synthetic_ratio, n_boot=n_boot, min_steps=min_steps,
+                           classifier_kwargs={"arch": arch, "device": device})
     if out is None:
         sp = Path(synthetic) if synthetic else None
         out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality}-{Path(real).stem or 'data'}"
@@ -305,13 +311,17 @@ def benchmark(
 
 def _benchmark_table(res: dict) -> str:
     """A compact text table of the benchmark summary and paired differences."""
-    lines = [f"{'arm':16s} {'fraction':>8s}  {'AUROC [95% CI]':22s} {'sens':>6s} {'spec':>6s}"]
+    def f3(v):
+        return "  nan" if v is None else f"{v:.3f}"
+
+    lines = [f"{'arm':23s} {'fraction':>8s}  {'AUROC [95% CI]':22s} {'sens@90spec':>11s} {'spec@90sens':>11s}"]
     for r in res.get("summary") or []:
-        lines.append(f"{r['arm']:16s} {r['fraction']:8.2f}  {r['auroc']:.3f} [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}]"
-                     f"   {r['sensitivity']:6.3f} {r['specificity']:6.3f}")
+        lines.append(f"{r['arm']:23s} {r['fraction']:8.2f}  {f3(r['auroc'])} [{f3(r['auroc_lo'])}, {f3(r['auroc_hi'])}]"
+                     f"   {f3(r.get('sens_at_90spec')):>11s} {f3(r.get('spec_at_90sens')):>11s}")
     for d in res.get("diffs") or []:
-        lines.append(f"{d['comparison']} at {d['fraction']:.2f}: {d['metric']} {d['diff']:+.3f} "
-                     f"[{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p']:.3f}")
+        if d.get("metric") == "auroc":
+            lines.append(f"{d['comparison']} at {d['fraction']:.2f}: AUROC {d['diff']:+.3f} "
+                         f"[{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p']:.3f}")
     lines.append(f"test set: {res.get('n_test')} images from {res.get('n_test_patients')} patients")
     return "\n".join(lines)
 

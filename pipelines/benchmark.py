@@ -1,25 +1,45 @@
-"""Downstream tumour-detection benchmark: real-only vs real+synthetic training.
+"""Downstream tumour-detection benchmark: does synthetic (or classic) augmentation help?
+
+Arms (all trained with the same seed, the same real patient subset and the same classifier):
+
+=========================== ===============================================================
+``real``                    the real training subset only (the reference arm)
+``real+classic``            the real subset with MONAI random flips + small affine
+                            (:func:`pipelines.classifier.monai_augment`) on every batch
+``real+synthetic``          the real subset plus ``round(synthetic_ratio * n_real_used)``
+                            synthetic images (balanced classes, drawn without replacement)
+``real+classic+synthetic``  both: real + synthetic, classic augmentation on every image
+``synthetic-only``          the same synthetic draw as ``real+synthetic`` alone (train on
+                            synthetic, test on real); model selection still uses the *real*
+                            validation split
+=========================== ===============================================================
 
 Protocol (one call of :func:`run_benchmark`):
 
-1. ``real.splits`` gives train / val / test by patient; any patient on two sides raises.
+1. ``real.splits`` gives train / val / test by patient; any patient on two sides raises. The
+   test patients are held out from everything but final scoring.
 2. For each seed, the training *patients* are shuffled within their class stratum (a patient's
    stratum is the majority label of their cases) and, for each fraction, the first
    ``round(fraction * n)`` patients of each stratum are kept (at least one), so subsets are
    nested (10 % within 25 % within 100 %) and stratified.
-3. Arm ``"real"`` trains on that subset; arm ``"real+synthetic"`` trains on the *same* subset
-   plus ``round(synthetic_ratio * n_real_used)`` synthetic images with balanced classes, drawn
-   without replacement (seeded). Both arms use the same seed (same initialisation, shuffling).
-4. The best epoch is chosen on the real validation split (AUROC), and the operating threshold
-   is Youden's J on the validation split; the test split is touched only for final scoring.
-5. Per (arm, fraction, seed): test AUROC, sensitivity, specificity. Per (arm, fraction): the
-   **seed ensemble** (mean of the seeds' predicted probabilities per test case) is scored with a
-   patient-level (cluster) bootstrap 95 % CI, and the seed spread (mean / sd of the per-seed
-   AUROCs) is reported beside it. The ensemble threshold is Youden's J on the ensemble's
-   validation probabilities. Per fraction: the paired bootstrap difference
-   (real+synthetic - real) of the ensembles' AUROC on the same resamples, with CI and p.
-
-The CI thus covers test-set sampling of the ensemble; training variability shows in the sd.
+3. The best epoch is chosen on the real validation split (AUROC), and the operating threshold
+   for ``sensitivity``/``specificity`` is Youden's J on the validation split. The
+   threshold-free operating points ``sens_at_90spec`` (the highest sensitivity with
+   specificity >= 0.90) and ``spec_at_90sens`` (the highest specificity with sensitivity >=
+   0.90) are read off the test ROC curve (:func:`sens_at_spec`, :func:`spec_at_sens`).
+4. Per (arm, fraction, seed): the test figures (``kind="run"`` rows).
+5. **Combining seeds.** Per (arm, fraction) the **seed ensemble** (mean of the seeds' predicted
+   probabilities per test case) is scored, with a patient-level (cluster) percentile bootstrap
+   95 % CI (``kind="summary"`` rows); the seed spread (mean / sd of the per-seed figures) is
+   reported beside it. The CI thus covers test-set sampling of the ensemble; training
+   variability shows in the sd.
+6. **Paired test against real-only**: for every other arm and fraction, a *paired
+   patient-cluster bootstrap* of (arm - real) on the seed ensembles — both arms evaluated on
+   the same resamples of test patients — giving the difference, its 95 % CI and a two-sided
+   bootstrap p-value, for AUROC, sens@90spec and spec@90sens (``kind="diff"`` rows). Not
+   DeLong: the bootstrap handles several crops per patient and the operating-point metrics.
+   The per-seed difference (mean / sd over seeds, same seed = same real subset and
+   initialisation) is given beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_curve
 
 from medsynth.atomic import atomic_path, write_text
 from medsynth.errors import MedsynthError
@@ -51,16 +72,103 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ARM_REAL",
+    "ARM_CLASSIC",
     "ARM_AUG",
+    "ARM_CLASSIC_AUG",
+    "ARM_SYN_ONLY",
+    "ALL_ARMS",
+    "METRICS",
     "BenchmarkResult",
     "run_benchmark",
     "write_benchmark",
+    "results_table",
     "subsample_patients",
     "check_no_leakage",
+    "sens_at_spec",
+    "spec_at_sens",
 ]
 
 ARM_REAL = "real"
+ARM_CLASSIC = "real+classic"
 ARM_AUG = "real+synthetic"
+ARM_CLASSIC_AUG = "real+classic+synthetic"
+ARM_SYN_ONLY = "synthetic-only"
+ALL_ARMS = (ARM_REAL, ARM_CLASSIC, ARM_AUG, ARM_CLASSIC_AUG, ARM_SYN_ONLY)
+_SYN_ARMS = (ARM_AUG, ARM_CLASSIC_AUG, ARM_SYN_ONLY)
+_CLASSIC_ARMS = (ARM_CLASSIC, ARM_CLASSIC_AUG)
+
+#: the figures computed per run / ensemble; the first three are threshold-free
+METRICS = ("auroc", "sens_at_90spec", "spec_at_90sens", "sensitivity", "specificity")
+_PAIRED_METRICS = ("auroc", "sens_at_90spec", "spec_at_90sens")
+
+
+def sens_at_spec(y_true, y_score, target: float = 0.9) -> float:
+    """Highest sensitivity among thresholds whose specificity is at least ``target``.
+
+    Args:
+        y_true: ``(N,)`` labels in ``{0, 1}`` (both present).
+        y_score: ``(N,)`` scores, higher = more likely positive.
+        target: required specificity in ``[0, 1]``.
+
+    Returns:
+        Sensitivity in ``[0, 1]`` (``nan`` when a class is missing).
+    """
+    y = np.asarray(y_true).reshape(-1)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, np.asarray(y_score).reshape(-1), drop_intermediate=False)
+    ok = (1.0 - fpr) >= target - 1e-12
+    return float(tpr[ok].max())
+
+
+def spec_at_sens(y_true, y_score, target: float = 0.9) -> float:
+    """Highest specificity among thresholds whose sensitivity is at least ``target``.
+
+    Args:
+        y_true: ``(N,)`` labels in ``{0, 1}`` (both present).
+        y_score: ``(N,)`` scores, higher = more likely positive.
+        target: required sensitivity in ``[0, 1]``.
+
+    Returns:
+        Specificity in ``[0, 1]`` (``nan`` when a class is missing).
+    """
+    y = np.asarray(y_true).reshape(-1)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, np.asarray(y_score).reshape(-1), drop_intermediate=False)
+    ok = tpr >= target - 1e-12
+    return float((1.0 - fpr[ok]).max())
+
+
+def _roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` at every distinct threshold plus the origin; both classes present.
+
+    A numpy-only ROC curve (the same points as ``sklearn.metrics.roc_curve`` with
+    ``drop_intermediate=False``, checked in the tests), ~50x cheaper per call: the bootstrap
+    evaluates it on every resample.
+    """
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
+    tps = np.cumsum(y_sorted)[last]
+    fps = (last + 1) - tps
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def _sens_at_90spec_fast(y: np.ndarray, s: np.ndarray) -> float:
+    fpr, tpr = _roc_points(y, s)
+    return float(tpr[(1.0 - fpr) >= 0.9 - 1e-12].max())
+
+
+def _spec_at_90sens_fast(y: np.ndarray, s: np.ndarray) -> float:
+    fpr, tpr = _roc_points(y, s)
+    return float((1.0 - fpr[tpr >= 0.9 - 1e-12]).max())
+
+
+def _metric_fn(name: str):
+    """The metric as :mod:`medsynth.metrics.stats` takes it (a name or a callable)."""
+    return {"sens_at_90spec": _sens_at_90spec_fast,
+            "spec_at_90sens": _spec_at_90sens_fast}.get(name, name)
 
 
 @dataclass
@@ -71,12 +179,16 @@ class BenchmarkResult:
         config: the settings used (JSON-serialisable).
         rows: one dict per (arm, fraction, seed): ``arm, fraction, seed, n_patients_real,
             n_train_real, n_train_synthetic, n_val, n_test, epochs_run, best_epoch, threshold,
-            auroc, sensitivity, specificity, seconds, seconds_per_epoch``.
-        summary: one dict per (arm, fraction): seed-ensemble ``auroc`` with ``auroc_lo/hi``,
-            ``sensitivity``/``specificity`` with CIs, ``threshold``, ``auroc_seed_mean``,
-            ``auroc_seed_sd``, ``n_boot``, ``n_degenerate``.
-        diffs: one dict per fraction (when a synthetic arm ran): ``diff`` (real+synthetic -
-            real ensemble AUROC), ``lo``, ``hi``, ``p``.
+            auroc, sens_at_90spec, spec_at_90sens, sensitivity, specificity, seconds,
+            seconds_per_epoch``.
+        summary: one dict per (arm, fraction): seed-ensemble figures ``<metric>`` with
+            ``<metric>_lo/_hi`` (patient bootstrap 95 % CI) for every metric in
+            :data:`METRICS`, ``threshold``, ``<metric>_seed_mean`` / ``<metric>_seed_sd``,
+            ``n_seeds``, ``n_boot``, ``n_degenerate``.
+        diffs: one dict per (non-reference arm, fraction, paired metric): ``arm``,
+            ``comparison`` (``"<arm> - real"``), ``metric``, ``diff`` (ensemble figure of the
+            arm minus real-only), ``lo``, ``hi``, ``p`` (paired patient bootstrap),
+            ``a``, ``b``, ``diff_seed_mean``, ``diff_seed_sd``.
         n_test: test cases; ``n_test_patients``, ``n_val``: as named.
         timings: ``{"total_seconds", "train_seconds"}``.
         test_predictions: ``{"y", "patient_ids", "<arm>@<fraction>": ensemble probabilities}``.
@@ -169,26 +281,43 @@ def _draw_synthetic(synthetic, n: int, rng: np.random.Generator) -> np.ndarray:
 def _scores(y, p, thr) -> dict:
     return {
         "auroc": auroc(y, p),
+        "sens_at_90spec": sens_at_spec(y, p, 0.9),
+        "spec_at_90sens": spec_at_sens(y, p, 0.9),
         "sensitivity": sensitivity(y, p, thr),
         "specificity": specificity(y, p, thr),
     }
+
+
+def _resolve_arms(arms, has_synthetic: bool) -> list[str]:
+    if arms is None:
+        return list(ALL_ARMS if has_synthetic else (ARM_REAL, ARM_CLASSIC))
+    arms = list(dict.fromkeys(arms))
+    unknown = [a for a in arms if a not in ALL_ARMS]
+    if unknown:
+        raise MedsynthError(None, f"unknown benchmark arm(s) {', '.join(unknown)}; "
+                                  f"choose from {', '.join(ALL_ARMS)}")
+    if not has_synthetic and any(a in _SYN_ARMS for a in arms):
+        raise MedsynthError(None, "benchmark arms with synthetic data need a synthetic set")
+    if ARM_REAL not in arms:
+        arms.insert(0, ARM_REAL)  # the reference of every paired test
+    return sorted(arms, key=ALL_ARMS.index)
 
 
 def run_benchmark(
     real,
     synthetic=None,
     *,
+    arms=None,
     fractions=(0.1, 0.25, 1.0),
-    seeds=(0, 1, 2),
+    seeds=(0, 1, 2, 3, 4),
     epochs: int = 10,
     min_steps: int = 0,
     batch_size: int = 32,
     synthetic_ratio: float = 1.0,
-    augment: bool = False,
     n_boot: int = 1000,
     classifier_kwargs: dict | None = None,
 ) -> BenchmarkResult:
-    """Run the real-only (and, with ``synthetic``, real+synthetic) benchmark.
+    """Run the benchmark arms over real fractions and seeds, then aggregate and test.
 
     Args:
         real: ``ImageSet`` with ``images`` ``(N, 1, *S)`` in ``[-1, 1]``, ``labels`` in
@@ -196,24 +325,26 @@ def run_benchmark(
             optional: without it the last epoch and threshold 0.5 are used).
         synthetic: optional ``ImageSet`` of generated images with the same image shape and
             labels in ``{0, 1}`` (both classes); only used for training.
+        arms: arm names from :data:`ALL_ARMS`; ``None`` = all five with ``synthetic``, else
+            ``real`` and ``real+classic``. ``real`` is always added (the paired reference).
         fractions: fractions of the real training *patients* to use.
-        seeds: one training run (and one patient subsample) per seed.
+        seeds: one training run (and one patient subsample) per seed; >= 5 recommended.
         epochs: training epochs per run (raised so that each run makes at least
             ``min_steps`` optimiser steps).
         min_steps: minimum optimiser steps per run (0 = off). Something like 100 keeps the
             smallest fractions from being under-trained (they get more epochs).
         batch_size: training batch size.
-        synthetic_ratio: synthetic images added = ``round(ratio * n_real_used)``.
-        augment: apply :func:`pipelines.classifier.monai_augment` (flips, small affine).
+        synthetic_ratio: synthetic images per real training image used
+            (``round(ratio * n_real_used)``; also the size of the synthetic-only training set).
         n_boot: bootstrap resamples for CIs and paired differences.
-        classifier_kwargs: extra keyword arguments for ``train_classifier`` (``width``,
-            ``lr``, ``pos_weight``, ``device``...).
+        classifier_kwargs: extra keyword arguments for ``train_classifier`` (``arch``,
+            ``width``, ``lr``, ``pos_weight``, ``flip_lr``, ``device``...).
 
     Returns:
         :class:`BenchmarkResult`.
 
     Raises:
-        MedsynthError: missing splits, unknown labels, patient leakage, shape mismatch.
+        MedsynthError: missing splits, unknown labels or arms, patient leakage, shape mismatch.
     """
     t_start = time.perf_counter()
     kw = dict(classifier_kwargs or {})
@@ -232,6 +363,7 @@ def run_benchmark(
         raise MedsynthError(None, "real set: benchmark labels must be 0 or 1 (found unknown -1)")
     if len(np.unique(labels[te])) < 2 or len(np.unique(labels[tr])) < 2:
         raise MedsynthError(None, "real set: train and test splits need both classes")
+    arms = _resolve_arms(arms, synthetic is not None)
     if synthetic is not None:
         syn_images = torch.as_tensor(synthetic.images, dtype=torch.float32)
         if syn_images.shape[1:] != images.shape[1:]:
@@ -241,11 +373,18 @@ def run_benchmark(
             )
         if not np.isin(np.asarray(synthetic.labels), (0, 1)).all():
             raise MedsynthError(None, "synthetic labels must be 0 or 1")
+        syn_labels = np.asarray(synthetic.labels).astype(np.int64)
+    if synthetic_ratio <= 0 and any(a in _SYN_ARMS for a in arms):
+        raise MedsynthError(None, f"synthetic_ratio must be > 0, got {synthetic_ratio}")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise MedsynthError(None, "benchmark needs at least one seed")
+    if len(seeds) < 5:
+        log.warning("benchmark with %d seed(s): fewer than the 5 recommended", len(seeds))
 
     x_val = images[va] if len(va) else None
     y_val = labels[va] if len(va) else None
     x_te, y_te, pid_te = images[te], labels[te], pids[te]
-    arms = [ARM_REAL] + ([ARM_AUG] if synthetic is not None else [])
     fractions = tuple(float(f) for f in fractions)
 
     rows: list[dict] = []
@@ -257,21 +396,29 @@ def run_benchmark(
         for f in fractions:
             real_idx = tr[subsets[f]]
             assert not set(pids[real_idx]) & set(pid_te), "patient leakage into test"
+            s_idx = None
+            if synthetic is not None:
+                rng = np.random.default_rng([seed, int(round(f * 1e6))])
+                n_draw = max(2, int(round(synthetic_ratio * len(real_idx))))
+                s_idx = _draw_synthetic(synthetic, n_draw, rng)
             for arm in arms:
-                x_tr, y_tr, n_syn = images[real_idx], labels[real_idx], 0
-                if arm == ARM_AUG:
-                    n_syn = int(round(synthetic_ratio * len(real_idx)))
-                    rng = np.random.default_rng([seed, int(round(f * 1e6))])
-                    s_idx = _draw_synthetic(synthetic, n_syn, rng)
-                    x_tr = torch.cat([x_tr, syn_images[s_idx]])
-                    y_tr = np.concatenate([y_tr, np.asarray(synthetic.labels)[s_idx]])
+                parts_x, parts_y, n_real, n_syn = [], [], 0, 0
+                if arm != ARM_SYN_ONLY:
+                    parts_x.append(images[real_idx])
+                    parts_y.append(labels[real_idx])
+                    n_real = len(real_idx)
+                if arm in _SYN_ARMS:
+                    parts_x.append(syn_images[s_idx])
+                    parts_y.append(syn_labels[s_idx])
+                    n_syn = len(s_idx)
+                x_tr, y_tr = torch.cat(parts_x), np.concatenate(parts_y)
                 steps_per_epoch = max(1, math.ceil(len(y_tr) / batch_size))
                 n_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
+                aug = monai_augment(spatial_dims, seed=seed) if arm in _CLASSIC_ARMS else None
                 t0 = time.perf_counter()
                 model = train_classifier(
                     x_tr, y_tr, spatial_dims=spatial_dims, epochs=n_epochs,
-                    batch_size=batch_size, seed=seed,
-                    augment=monai_augment(spatial_dims, seed=seed) if augment else None,
+                    batch_size=batch_size, seed=seed, augment=aug,
                     x_val=x_val, y_val=y_val, **kw,
                 )
                 secs = time.perf_counter() - t0
@@ -283,9 +430,9 @@ def run_benchmark(
                 if p_va is not None:
                     prob_va.setdefault((arm, f), []).append(p_va)
                 row = {
-                    "arm": arm, "fraction": f, "seed": int(seed),
-                    "n_patients_real": int(len(set(pids[real_idx]))),
-                    "n_train_real": int(len(real_idx)), "n_train_synthetic": n_syn,
+                    "arm": arm, "fraction": f, "seed": seed,
+                    "n_patients_real": int(len(set(pids[real_idx]))) if n_real else 0,
+                    "n_train_real": int(n_real), "n_train_synthetic": int(n_syn),
                     "n_val": int(len(va)), "n_test": int(len(te)),
                     "epochs_run": n_epochs, "best_epoch": int(model.best_epoch),
                     "threshold": thr, **_scores(y_te, p_te, thr),
@@ -294,7 +441,7 @@ def run_benchmark(
                 }
                 rows.append(row)
                 log.info("benchmark %s f=%.2f seed=%d: AUROC %.3f (%d real + %d synthetic, "
-                         "%.1fs)", arm, f, seed, row["auroc"], len(real_idx), n_syn, secs)
+                         "%.1fs)", arm, f, seed, row["auroc"], n_real, n_syn, secs)
 
     summary, diffs, test_predictions = [], [], {
         "y": y_te.tolist(), "patient_ids": pid_te.tolist()
@@ -306,42 +453,61 @@ def run_benchmark(
             ens[(arm, f)] = p
             thr = (youden_threshold(y_val, np.mean(prob_va[(arm, f)], axis=0))
                    if (arm, f) in prob_va else 0.5)
-            seed_aucs = [r["auroc"] for r in rows if r["arm"] == arm and r["fraction"] == f]
-            ci = {m: bootstrap_ci(y_te, p, m, n_boot=n_boot, seed=0, clusters=pid_te,
-                                  threshold=thr)
-                  for m in ("auroc", "sensitivity", "specificity")}
-            summary.append({
-                "arm": arm, "fraction": f, "n_seeds": len(seed_aucs),
-                "auroc": ci["auroc"].point, "auroc_lo": ci["auroc"].lo,
-                "auroc_hi": ci["auroc"].hi,
-                "sensitivity": ci["sensitivity"].point, "sensitivity_lo": ci["sensitivity"].lo,
-                "sensitivity_hi": ci["sensitivity"].hi,
-                "specificity": ci["specificity"].point, "specificity_lo": ci["specificity"].lo,
-                "specificity_hi": ci["specificity"].hi,
-                "threshold": thr,
-                "auroc_seed_mean": float(np.mean(seed_aucs)),
-                "auroc_seed_sd": float(np.std(seed_aucs, ddof=1)) if len(seed_aucs) > 1 else 0.0,
-                "n_boot": n_boot, "n_degenerate": ci["auroc"].n_degenerate,
-            })
+            runs = [r for r in rows if r["arm"] == arm and r["fraction"] == f]
+            rec = {"arm": arm, "fraction": f, "n_seeds": len(runs), "threshold": thr}
+            for m in METRICS:
+                ci = bootstrap_ci(y_te, p, _metric_fn(m), n_boot=n_boot, seed=0,
+                                  clusters=pid_te, threshold=thr)
+                vals = [r[m] for r in runs]
+                rec.update({
+                    m: ci.point, f"{m}_lo": ci.lo, f"{m}_hi": ci.hi,
+                    f"{m}_seed_mean": float(np.mean(vals)),
+                    f"{m}_seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                })
+                if m == "auroc":
+                    rec["n_degenerate"] = ci.n_degenerate
+            rec["n_boot"] = n_boot
+            rec["n_train_real"] = int(np.mean([r["n_train_real"] for r in runs]))
+            rec["n_train_synthetic"] = int(np.mean([r["n_train_synthetic"] for r in runs]))
+            summary.append(rec)
             test_predictions[f"{arm}@{f:g}"] = p.tolist()
-    if synthetic is not None:
+    for arm in arms:
+        if arm == ARM_REAL:
+            continue
         for f in fractions:
-            d = paired_bootstrap_diff(y_te, ens[(ARM_AUG, f)], ens[(ARM_REAL, f)], "auroc",
-                                      n_boot=n_boot, seed=0, clusters=pid_te)
-            diffs.append({"fraction": f, "metric": "auroc",
-                          "comparison": f"{ARM_AUG} - {ARM_REAL}", **d})
+            for m in _PAIRED_METRICS:
+                d = paired_bootstrap_diff(y_te, ens[(arm, f)], ens[(ARM_REAL, f)], _metric_fn(m),
+                                          n_boot=n_boot, seed=0, clusters=pid_te)
+                per_seed = [
+                    ra[m] - rr[m]
+                    for ra in rows if ra["arm"] == arm and ra["fraction"] == f
+                    for rr in rows
+                    if rr["arm"] == ARM_REAL and rr["fraction"] == f and rr["seed"] == ra["seed"]
+                ]
+                diffs.append({
+                    "arm": arm, "fraction": f, "metric": m,
+                    "comparison": f"{arm} - {ARM_REAL}", **d,
+                    "diff_seed_mean": float(np.mean(per_seed)),
+                    "diff_seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                })
 
     config = {
-        "fractions": list(fractions), "seeds": [int(s) for s in seeds], "epochs": int(epochs),
+        "fractions": list(fractions), "seeds": list(seeds), "epochs": int(epochs),
         "min_steps": int(min_steps), "batch_size": int(batch_size),
-        "synthetic_ratio": float(synthetic_ratio), "augment": bool(augment),
+        "synthetic_ratio": float(synthetic_ratio),
         "n_boot": int(n_boot), "arms": arms, "spatial_dims": spatial_dims,
         "image_shape": list(images.shape[1:]), "modality": getattr(real, "modality", None),
         "classifier_kwargs": {k: (v if isinstance(v, (int, float, str, bool, type(None)))
                                   else repr(v)) for k, v in kw.items()},
         "n_synthetic_available": None if synthetic is None else int(len(synthetic.labels)),
-        "aggregation": "seed ensemble (mean probability); patient-cluster bootstrap CI",
-        "threshold_rule": "Youden J on the validation split (0.5 without one)",
+        "classic_augmentation": "MONAI RandFlipd (every axis) + RandAffined (rot ~15 deg, "
+                                "scale 10 %, shift 2 px), p=0.5 each",
+        "aggregation": "seed ensemble (mean probability); patient-cluster bootstrap CI; "
+                       "per-seed mean and sd beside it",
+        "paired_test": "paired patient-cluster bootstrap of (arm - real) on the seed ensembles, "
+                       "percentile CI, two-sided bootstrap p",
+        "threshold_rule": "Youden J on the validation split (0.5 without one); sens_at_90spec / "
+                          "spec_at_90sens are read off the test ROC curve",
         "torch_threads": torch.get_num_threads(),
     }
     return BenchmarkResult(
@@ -359,19 +525,26 @@ def run_benchmark(
 
 
 def results_table(result: BenchmarkResult) -> pd.DataFrame:
-    """Tidy table: ``kind`` = ``run`` (arm x fraction x seed), ``summary`` (seed ensemble per
-    arm x fraction) or ``diff`` (paired real+synthetic - real per fraction)."""
+    """Tidy table, one figure set per row, ``kind`` telling the row type.
+
+    ``kind="run"``: one row per arm x fraction x seed. ``kind="summary"``: one row per arm x
+    fraction, the seed ensemble with ``<metric>_lo/_hi`` CIs and ``<metric>_seed_mean/_sd``
+    (``seed`` empty). ``kind="diff"``: one row per non-reference arm x fraction x metric, the
+    paired (arm - real) difference ``diff`` with ``diff_lo``, ``diff_hi``, ``p``.
+    """
     run = pd.DataFrame(result.rows).assign(kind="run")
     summ = pd.DataFrame(result.summary).assign(kind="summary", n_test=result.n_test)
     parts = [run, summ]
     if result.diffs:
-        dif = pd.DataFrame(result.diffs).rename(columns={"lo": "diff_lo", "hi": "diff_hi"})
-        dif = dif.drop(columns=["a", "b"]).assign(kind="diff", arm=f"{ARM_AUG} - {ARM_REAL}",
-                                                   n_test=result.n_test)
-        parts.append(dif)
+        dif = pd.DataFrame(result.diffs).rename(columns={"lo": "diff_lo", "hi": "diff_hi",
+                                                          "a": "arm_value", "b": "real_value"})
+        if "arm" not in dif.columns and "comparison" in dif.columns:  # older results
+            dif["arm"] = dif["comparison"].str.split(" - ").str[0]
+        parts.append(dif.assign(kind="diff", n_test=result.n_test))
     df = pd.concat(parts, ignore_index=True, sort=False)
-    first = ["kind", "arm", "fraction", "seed", "auroc", "auroc_lo", "auroc_hi",
-             "sensitivity", "specificity", "diff", "diff_lo", "diff_hi", "p"]
+    first = ["kind", "arm", "fraction", "seed", "metric"] + [
+        c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")
+    ] + ["diff", "diff_lo", "diff_hi", "p"]
     cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
     return df[cols]
 
@@ -385,22 +558,22 @@ def _plot(result: BenchmarkResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
     summ = pd.DataFrame(result.summary)
     runs = pd.DataFrame(result.rows)
-    colors = {ARM_REAL: "tab:blue", ARM_AUG: "tab:orange"}
+    colors = dict(zip(ALL_ARMS, ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple")))
     for arm, g in summ.groupby("arm", sort=False):
         g = g.sort_values("fraction")
         c = colors.get(arm)
         x = 100 * g["fraction"]
-        ax.plot(x, g["auroc"], "o-", color=c, label=f"{arm} (seed ensemble)")
-        ax.fill_between(x, g["auroc_lo"], g["auroc_hi"], color=c, alpha=0.2)
+        ax.plot(x, g["auroc"], "o-", color=c, label=arm)
+        ax.fill_between(x, g["auroc_lo"], g["auroc_hi"], color=c, alpha=0.15)
         r = runs[runs["arm"] == arm]
-        ax.scatter(100 * r["fraction"], r["auroc"], s=10, color=c, alpha=0.5,
-                   label=f"{arm} (single seeds)")
+        ax.scatter(100 * r["fraction"], r["auroc"], s=8, color=c, alpha=0.4)
     ax.set_xscale("log")
     ax.set_xticks(100 * np.asarray(result.config["fractions"]))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("real training patients used (%)")
     ax.set_ylabel("test AUROC (95% CI, patient bootstrap)")
-    ax.set_title(f"Downstream benchmark (n_test={result.n_test})", fontsize=10)
+    ax.set_title(f"Seed ensemble (line, 95% CI band) and single seeds (dots); "
+                 f"n_test={result.n_test}", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -115,6 +115,7 @@ def build_classifier(
     num_res_units: int = 1,
     dropout: float | None = 0.1,
     norm: str = "batch",
+    small_stem: bool | None = None,
 ) -> nn.Module:
     """Build a binary classifier with one output logit.
 
@@ -128,6 +129,10 @@ def build_classifier(
         num_res_units: residual sub-units per stage (0 = plain conv blocks; ``cnn``/``monai``).
         dropout: dropout probability inside the stages (``None`` for none; ``cnn``/``monai``).
         norm: MONAI norm name (``"batch"``, ``"instance"``).
+        small_stem: ResNets only: ``True`` = MedMNIST's small-input stem (3-wide stride-1
+            first conv, no max pooling); ``False`` = MONAI's stem (7-wide conv, max pooling;
+            stride 2 for 3D to keep 3D ResNets affordable on CPU); ``None`` = ``True`` when the
+            smallest spatial size is < 64.
 
     Returns:
         ``nn.Module`` mapping ``(N, 1, *S)`` to logits ``(N, 1)``; it carries ``arch``.
@@ -158,11 +163,12 @@ def build_classifier(
     else:
         from monai.networks import nets
 
-        small = min(in_shape[1:]) < 64
-        stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small else {}
+        small = min(in_shape[1:]) < 64 if small_stem is None else bool(small_stem)
         if small:
-            log.debug("%s: small input %s, MedMNIST-style stem (3-wide stride-1 conv, no max pool)",
-                      arch, in_shape)
+            stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
+        else:
+            stem = dict(conv1_t_size=7, conv1_t_stride=2 if spatial_dims == 3 else 1)
+        log.debug("%s %dD input %s: stem %s", arch, spatial_dims, in_shape, stem)
         model = getattr(nets, arch)(
             spatial_dims=spatial_dims, n_input_channels=1, num_classes=1, norm=norm, **stem
         )
@@ -256,6 +262,7 @@ def train_classifier(
     flip_lr: bool = False,
     lr_milestones: Sequence[int] = (),
     lr_gamma: float = 0.1,
+    small_stem: bool | None = None,
 ) -> nn.Module:
     """Train a binary classifier with BCE-with-logits and Adam.
 
@@ -285,6 +292,7 @@ def train_classifier(
         lr_milestones: epochs after which the learning rate is multiplied by ``lr_gamma``
             (``MultiStepLR``; MedMNIST uses 50 and 75 of 100 epochs). Empty = constant lr.
         lr_gamma: learning-rate factor at each milestone.
+        small_stem: ResNet stem choice (see :func:`build_classifier`).
 
     Returns:
         The trained model (eval mode, CPU) with a ``history`` attribute: a list of per-epoch
@@ -325,6 +333,7 @@ def train_classifier(
             arch=arch,
             num_res_units=num_res_units,
             dropout=dropout,
+            small_stem=small_stem,
         ).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         sched = (

@@ -12,10 +12,17 @@ import torch
 
 from medsynth.errors import MedsynthError
 from pipelines.benchmark import (
+    ALL_ARMS,
     ARM_AUG,
+    ARM_CLASSIC,
     ARM_REAL,
+    ARM_SYN_ONLY,
+    METRICS,
     check_no_leakage,
+    results_table,
     run_benchmark,
+    sens_at_spec,
+    spec_at_sens,
     subsample_patients,
     write_benchmark,
 )
@@ -80,17 +87,17 @@ def test_subsample_patients_nested_stratified():
     assert set(other) != small  # the seed changes the subset
 
 
-def test_run_benchmark_all_arms_fractions_seeds(tmp_path):
+def test_run_benchmark_arms_fractions_seeds(tmp_path):
     real = _tiny_set()
     res = run_benchmark(
-        real, _synthetic(), fractions=(0.5, 1.0), seeds=(0, 1), epochs=1, min_steps=0,
-        batch_size=16, n_boot=50, classifier_kwargs={"width": 4},
+        real, _synthetic(), arms=(ARM_REAL, ARM_AUG), fractions=(0.5, 1.0), seeds=(0, 1),
+        epochs=1, min_steps=0, batch_size=16, n_boot=50, classifier_kwargs={"width": 4},
     )
     assert len(res.rows) == 2 * 2 * 2
     keys = {(r["arm"], r["fraction"], r["seed"]) for r in res.rows}
     assert keys == {(a, f, s) for a in (ARM_REAL, ARM_AUG) for f in (0.5, 1.0) for s in (0, 1)}
     for r in res.rows:
-        for m in ("auroc", "sensitivity", "specificity", "threshold"):
+        for m in METRICS + ("threshold",):
             assert np.isfinite(r[m]), (m, r)
         if r["arm"] == ARM_AUG:
             assert r["n_train_synthetic"] == r["n_train_real"]
@@ -103,24 +110,100 @@ def test_run_benchmark_all_arms_fractions_seeds(tmp_path):
         assert r["n_train_real"] == real_rows[(r["fraction"], r["seed"])]
     assert len(res.summary) == 4
     for s in res.summary:
-        assert s["auroc_lo"] <= s["auroc"] <= s["auroc_hi"]
-    assert [d["fraction"] for d in res.diffs] == [0.5, 1.0]
+        for m in METRICS:
+            assert s[f"{m}_lo"] <= s[m] <= s[f"{m}_hi"], (m, s)
+    # one paired test per (non-reference arm, fraction, threshold-free metric)
+    assert [(d["arm"], d["fraction"], d["metric"]) for d in res.diffs] == [
+        (ARM_AUG, f, m) for f in (0.5, 1.0) for m in ("auroc", "sens_at_90spec", "spec_at_90sens")
+    ]
     assert all(d["lo"] <= d["diff"] <= d["hi"] and 0 <= d["p"] <= 1 for d in res.diffs)
     assert res.n_test == 16
 
     paths = write_benchmark(res, tmp_path / "bench")
     df = pd.read_csv(paths["csv"])
-    assert set(df["kind"]) == {"run", "summary", "diff"}
-    assert (df["kind"] == "run").sum() == 8
+    # tidy shape: 8 run rows (arm x fraction x seed), 4 summary rows, 6 diff rows
+    assert df["kind"].value_counts().to_dict() == {"run": 8, "summary": 4, "diff": 6}
+    runs = df[df["kind"] == "run"]
+    assert not runs.duplicated(["arm", "fraction", "seed"]).any()
+    assert runs["seed"].notna().all() and df.loc[df["kind"] != "run", "seed"].isna().all()
+    summ = df[df["kind"] == "summary"]
+    assert {"auroc_lo", "auroc_hi", "sens_at_90spec_lo", "spec_at_90sens_hi",
+            "auroc_seed_sd"} <= set(summ.columns)
+    assert summ[["auroc", "auroc_lo", "auroc_hi"]].notna().all().all()
+    dif = df[df["kind"] == "diff"]
+    assert dif[["diff", "diff_lo", "diff_hi", "p", "metric"]].notna().all().all()
+    assert list(df.columns[:5]) == ["kind", "arm", "fraction", "seed", "metric"]
     data = json.loads(paths["json"].read_text())
     assert {"config", "rows", "summary", "diffs", "timings", "n_test"} <= set(data)
     assert paths["plot"].stat().st_size > 1000
 
 
+def test_all_five_arms_run_end_to_end():
+    real = _tiny_set()
+    res = run_benchmark(
+        real, _synthetic(), fractions=(1.0,), seeds=(0,), epochs=1, batch_size=16,
+        synthetic_ratio=0.5, n_boot=20, classifier_kwargs={"width": 4},
+    )
+    assert [r["arm"] for r in res.rows] == list(ALL_ARMS)
+    by_arm = {r["arm"]: r for r in res.rows}
+    n_real = by_arm[ARM_REAL]["n_train_real"]
+    assert by_arm[ARM_SYN_ONLY]["n_train_real"] == 0
+    assert by_arm[ARM_SYN_ONLY]["n_train_synthetic"] == round(0.5 * n_real)
+    assert by_arm[ARM_CLASSIC]["n_train_synthetic"] == 0
+    assert by_arm["real+classic+synthetic"]["n_train_synthetic"] == round(0.5 * n_real)
+    # classic augmentation changes training: same data and seed, different predictions
+    assert by_arm[ARM_CLASSIC]["auroc"] != by_arm[ARM_REAL]["auroc"] or (
+        by_arm[ARM_CLASSIC]["threshold"] != by_arm[ARM_REAL]["threshold"])
+    assert {d["arm"] for d in res.diffs} == set(ALL_ARMS) - {ARM_REAL}
+    assert len(results_table(res)) == 5 + 5 + 4 * 3
+
+
+def test_arms_without_synthetic_default_and_errors():
+    real = _tiny_set()
+    res = run_benchmark(real, None, fractions=(1.0,), seeds=(0,), epochs=1, batch_size=16,
+                        n_boot=10, classifier_kwargs={"width": 4})
+    assert [r["arm"] for r in res.rows] == [ARM_REAL, ARM_CLASSIC]
+    with pytest.raises(MedsynthError, match="synthetic"):
+        run_benchmark(real, None, arms=(ARM_AUG,), fractions=(1.0,), seeds=(0,), epochs=1)
+    with pytest.raises(MedsynthError, match="unknown benchmark arm"):
+        run_benchmark(real, None, arms=("mixup",), fractions=(1.0,), seeds=(0,), epochs=1)
+
+
+def test_sens_at_spec_and_spec_at_sens_hand_made():
+    # 10 negatives scored 0.0 .. 0.9, 10 positives.
+    y = np.array([0] * 10 + [1] * 10)
+    neg = np.arange(10) / 10
+    pos = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
+    s = np.concatenate([neg, pos])
+    # specificity >= 0.9 allows at most one false positive: threshold in (0.8, 0.9] ->
+    # positives above 0.8: 0.85, 0.95 -> sensitivity 0.2
+    assert sens_at_spec(y, s, 0.9) == pytest.approx(0.2)
+    # sensitivity >= 0.9 needs 9 positives: threshold in (0.05, 0.15] -> negatives below
+    # 0.15: 0.0, 0.1 -> specificity 0.2
+    assert spec_at_sens(y, s, 0.9) == pytest.approx(0.2)
+    # a perfect ranking: both are 1
+    s2 = np.concatenate([neg, pos + 1])
+    assert sens_at_spec(y, s2) == 1.0 and spec_at_sens(y, s2) == 1.0
+    # 80 % specificity allows two false positives: threshold in (0.7, 0.8] -> 0.75, 0.85, 0.95
+    assert sens_at_spec(y, s, 0.8) == pytest.approx(0.3)
+    assert np.isnan(sens_at_spec(np.zeros(4), np.arange(4)))
+
+
+def test_fast_operating_points_match_sklearn_roc_curve():
+    from pipelines.benchmark import _sens_at_90spec_fast, _spec_at_90sens_fast
+
+    rng = np.random.default_rng(0)
+    for n in (7, 40, 145):
+        y = np.r_[0, 1, rng.integers(0, 2, n - 2)]
+        s = np.round(rng.random(n) + 0.3 * y, 1)  # rounding makes ties
+        assert _sens_at_90spec_fast(y, s) == pytest.approx(sens_at_spec(y, s))
+        assert _spec_at_90sens_fast(y, s) == pytest.approx(spec_at_sens(y, s))
+
+
 def test_real_only_learns_and_is_deterministic():
     real = _tiny_set(n_patients=60)
-    kw = dict(fractions=(1.0,), seeds=(0,), epochs=3, min_steps=30, batch_size=16, n_boot=50,
-              classifier_kwargs={"width": 4})
+    kw = dict(arms=(ARM_REAL,), fractions=(1.0,), seeds=(0,), epochs=3, min_steps=30,
+              batch_size=16, n_boot=50, classifier_kwargs={"width": 4})
     a = run_benchmark(real, None, **kw)
     b = run_benchmark(real, None, **kw)
     assert [r["arm"] for r in a.rows] == [ARM_REAL]

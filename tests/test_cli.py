@@ -51,7 +51,7 @@ def test_end_to_end_pipeline(tmp_path, monkeypatch):
     assert (aug.loc[aug["source"] == "synthetic", "split"] == "train").all()
 
     r = invoke("benchmark", "--synthetic", run, "--size", "32", "--fractions", "0.5,1.0", "--seeds", "2",
-               "--epochs", "1", "--n-boot", "50", "--min-steps", "0")
+               "--epochs", "1", "--n-boot", "50", "--min-steps", "0", "--arms", "real,real+synthetic")
     assert r.exit_code == 0, r.output
     res = json.loads((run / "benchmark" / "results.json").read_text())
     arms = {(s["arm"], s["fraction"]) for s in res["summary"]}
