@@ -542,6 +542,7 @@ def results_table(result: BenchmarkResult) -> pd.DataFrame:
             dif["arm"] = dif["comparison"].str.split(" - ").str[0]
         parts.append(dif.assign(kind="diff", n_test=result.n_test))
     df = pd.concat(parts, ignore_index=True, sort=False)
+    df["seed"] = df["seed"].astype("Int64")  # integer, empty on aggregate rows
     first = ["kind", "arm", "fraction", "seed", "metric"] + [
         c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")
     ] + ["diff", "diff_lo", "diff_hi", "p"]
@@ -570,6 +571,7 @@ def _plot(result: BenchmarkResult, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(100 * np.asarray(result.config["fractions"]))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("real training patients used (%)")
     ax.set_ylabel("test AUROC (95% CI, patient bootstrap)")
     ax.set_title(f"Seed ensemble (line, 95% CI band) and single seeds (dots); "
