@@ -335,14 +335,19 @@ def report(
     count: int = typer.Option(500, help="synthetic images sampled for the fidelity/privacy audit"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("reports"), help="parent folder of reports"),
+    encoder: Optional[Path] = typer.Option(None, help="saved feature encoder (keeps FD comparable across reports)"),
+    encoder_steps: int = typer.Option(300, "--encoder-steps", help="steps when the encoder is trained here"),
 ):
-    """Markdown + HTML + JSON report in reports/<run>/: config, samples beside real images, curves,
-    benchmark, Frechet distance on a self-trained encoder, nearest-neighbour memorisation check."""
+    """Markdown + HTML + JSON report in reports/<run>/: a one-page summary (augmentation benefit per arm with
+    CIs and paired p-values, memorisation and membership inference, fidelity vs the real floor), then fidelity,
+    privacy (with RUN/evaluate/ from `medsynth evaluate`), benchmark and provenance sections."""
     import torch
 
     from medsynth.report.build import build_report
     from medsynth.train.loop import load_trained
 
+    if benchmark_dir is not None and not benchmark_dir.is_dir():
+        raise MedsynthError(benchmark_dir, "benchmark folder not found")
     cfg, model, _ = load_trained(run)
     d = cfg.data
     real_set = _load_set(real or d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
@@ -351,7 +356,8 @@ def report(
     syn = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
     bdir = benchmark_dir or (run / "benchmark")
     path = build_report(run, real_train=real_set, synthetic=syn, synthetic_labels=labels, out_root=out,
-                        benchmark_dir=bdir if bdir.exists() else None, seed=seed)
+                        benchmark_dir=bdir if bdir.exists() else None, seed=seed, encoder=encoder,
+                        encoder_steps=encoder_steps)
     typer.echo(f"report -> {path}")
 
 

@@ -1,8 +1,10 @@
 """Calibrate the phantom task: how hard is nodule detection on 64² phantom radiographs?
 
-A small CNN (:mod:`pipelines.classifier`) is trained on 200 phantom radiographs and scored
-(AUROC) on held-out phantoms, for 3 seeds. The phantom is tuned so that this lands in
-0.70..0.90: hard enough that synthetic augmentation has room to help, easy enough to learn.
+The default classifier of :mod:`pipelines.classifier` (``arch="cnn"``: a position-invariant CNN,
+MONAI conv stages + global max/mean pooling; not the MONAI ``Classifier``) is trained on 200
+phantom radiographs and scored (AUROC) on held-out phantoms, for 3 seeds. The phantom is tuned
+so that this lands in 0.70..0.90: hard enough that synthetic augmentation has room to help,
+easy enough to learn.
 
 Two measurements:
 * ``fresh``: for each seed, 200 freshly simulated training patients (dataset seed

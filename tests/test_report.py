@@ -69,28 +69,80 @@ def _fake_run(root: Path, name="00007-xray-dcgan", *, benchmark=False) -> Path:
     return run
 
 
-def _write_benchmark(out: Path) -> None:
-    summary = [
-        {"arm": arm, "fraction": f, "n_seeds": 2, "auroc": a, "auroc_lo": a - 0.05, "auroc_hi": a + 0.04,
-         "sensitivity": 0.7, "sensitivity_lo": 0.6, "sensitivity_hi": 0.8, "specificity": 0.75,
-         "specificity_lo": 0.65, "specificity_hi": 0.85, "threshold": 0.5, "auroc_seed_mean": a,
-         "auroc_seed_sd": 0.01, "n_boot": 100, "n_degenerate": 0}
-        for arm, f, a in (("real", 0.1, 0.71), ("real", 1.0, 0.83), ("real+synthetic", 0.1, 0.77),
-                          ("real+synthetic", 1.0, 0.84))
-    ]
-    diffs = [{"fraction": f, "metric": "auroc", "comparison": "real+synthetic - real", "diff": d, "lo": d - 0.03,
-              "hi": d + 0.03, "p": 0.04, "a": 0.0, "b": 0.0, "n_boot": 100, "n_degenerate": 0}
-             for f, d in ((0.1, 0.0617), (1.0, 0.01))]
-    try:
-        from pipelines.benchmark import BenchmarkResult, write_benchmark
-    except ImportError:  # pragma: no cover - fall back to the documented JSON layout
-        out.mkdir(parents=True)
-        (out / "results.json").write_text(json.dumps({"summary": summary, "diffs": diffs, "n_test": 40}))
-        return
-    rows = [{"arm": r["arm"], "fraction": r["fraction"], "seed": s, "auroc": r["auroc"]} for r in summary for s in (0, 1)]
-    res = BenchmarkResult(config={"fractions": [0.1, 1.0], "seeds": [0, 1]}, rows=rows, summary=summary,
-                          diffs=diffs, n_test=40, n_test_patients=20, n_val=10, timings={})
-    write_benchmark(res, out)
+# A hand-made tidy benchmark table (the layout of pipelines.benchmark.results_table) with known
+# numbers. Per fraction the AUROC difference row sits between the sens@90spec and spec@90sens
+# rows, so a reader that keeps one difference per fraction (or the first / last) shows a wrong one.
+BENCH_DIFFS = {  # (arm, fraction, metric): (diff, lo, hi, p)
+    ("real+synthetic", 0.1, "sens_at_90spec"): (-0.12, -0.25, 0.01, 0.09),
+    ("real+synthetic", 0.1, "auroc"): (0.0617, 0.0317, 0.0917, 0.04),
+    ("real+synthetic", 0.1, "spec_at_90sens"): (0.2, 0.05, 0.35, 0.011),
+    ("real+synthetic", 1.0, "sens_at_90spec"): (0.3, 0.1, 0.5, 0.004),
+    ("real+synthetic", 1.0, "auroc"): (0.01, -0.02, 0.04, 0.52),
+    ("real+synthetic", 1.0, "spec_at_90sens"): (-0.05, -0.15, 0.05, 0.33),
+}
+BENCH_AUROC = {("real", 0.1): 0.71, ("real", 1.0): 0.83, ("real+synthetic", 0.1): 0.77, ("real+synthetic", 1.0): 0.84}
+
+
+def _bench_csv(diffs=BENCH_DIFFS, aurocs=BENCH_AUROC, *, old=False) -> str:
+    """The tidy CSV text: run rows, summary rows, diff rows (``old``: no metric column, arm = comparison)."""
+    import pandas as pd
+
+    rows = []
+    for (arm, f), a in aurocs.items():
+        for s in (0, 1):
+            rows.append({"kind": "run", "arm": arm, "fraction": f, "seed": s, "auroc": a + 0.01 * (s - 0.5)})
+    for (arm, f), a in aurocs.items():
+        rows.append({"kind": "summary", "arm": arm, "fraction": f, "auroc": a, "auroc_lo": a - 0.05,
+                     "auroc_hi": a + 0.04, "sens_at_90spec": 0.5, "sens_at_90spec_lo": 0.4, "sens_at_90spec_hi": 0.6,
+                     "spec_at_90sens": 0.45, "spec_at_90sens_lo": 0.3, "spec_at_90sens_hi": 0.6,
+                     "sensitivity": 0.7, "sensitivity_lo": 0.6, "sensitivity_hi": 0.8, "specificity": 0.75,
+                     "specificity_lo": 0.65, "specificity_hi": 0.85, "auroc_seed_mean": a, "auroc_seed_sd": 0.01,
+                     "n_seeds": 2, "n_test": 40, "n_train_real": 30 if f == 1.0 else 3,
+                     "n_train_synthetic": 0 if arm == "real" else (30 if f == 1.0 else 3)})
+    for (arm, f, m), (d, lo, hi, p) in diffs.items():
+        row = {"kind": "diff", "arm": arm, "fraction": f, "metric": m, "diff": d, "diff_lo": lo, "diff_hi": hi,
+               "p": p, "comparison": f"{arm} - real", "diff_seed_mean": d + 0.001, "diff_seed_sd": 0.02,
+               "n_test": 40}
+        if old:  # the first benchmark layout: AUROC only, no metric column, arm = the comparison
+            del row["metric"]
+            row["arm"] = f"{arm} - real"
+        rows.append(row)
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def _write_benchmark(out: Path, **kw) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.csv").write_text(_bench_csv(**kw))
+
+
+def _md_section(md: str, title: str) -> str:
+    """The text of ``## title`` up to the next level-2 heading."""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, flags=re.S | re.M)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
+def _md_tables(text: str) -> list[list[dict]]:
+    """Markdown tables of ``text`` as lists of {header: cell}."""
+    tables, cur = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cur.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        elif cur:
+            header, body = cur[0], cur[2:]
+            tables.append([dict(zip(header, r)) for r in body])
+            cur = []
+    return tables
+
+
+def _summary_rows(md: str) -> dict:
+    """{(arm, fraction %): row} of the summary's benchmark table."""
+    table = next(t for t in _md_tables(_md_section(md, "Summary")) if t and "Δ AUROC vs real-only [95% CI]" in t[0])
+    return {(r["arm"], r["real training patients"]): r for r in table}
+
+
+def _signed(d, lo, hi):
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +203,7 @@ def test_report_files_figures_and_numbers(tmp_path, encoder):
     assert "<img" in html and 'src="fig_' not in html  # self-contained
     assert f"{fid['fd_synthetic_vs_real']:.3f}" in html  # the FD figure is shown
     assert "possible memorisation" in html
-    assert "0.062 [0.032, 0.092], p=0.040" in html  # paired benchmark difference
+    assert "+0.062 [+0.032, +0.092]" in html  # the paired AUROC difference at 10 %
     assert "0.770 [0.720, 0.810]" in html  # AUROC with CI
     assert "step_000030.png" in html
     md = (out / "report.md").read_text()
@@ -207,3 +259,178 @@ def test_report_bad_inputs(tmp_path, encoder):
         fh.write("{not json\n")
     with pytest.raises(MedsynthError, match="line 4"):
         build_report(run, real_train=real, synthetic=_images(4), encoder=encoder, out_root=tmp_path / "r")
+
+
+# ---- the benchmark reader and the summary's arm deltas ------------------------------------------
+
+
+def test_benchmark_headline_picks_the_auroc_row_per_arm(tmp_path):
+    from medsynth.report.build import _read_benchmark, benchmark_headline
+
+    # three arms; real+classic's rows come first and differ, so grouping by fraction alone fails
+    diffs = {("real+classic", 0.5, "spec_at_90sens"): (0.5, 0.4, 0.6, 0.001),
+             ("real+classic", 0.5, "auroc"): (-0.04, -0.07, -0.01, 0.012),
+             ("real+classic", 0.5, "sens_at_90spec"): (0.0, -0.1, 0.1, 1.0),
+             ("real+synthetic", 0.5, "sens_at_90spec"): (0.25, 0.2, 0.3, 0.002),
+             ("real+synthetic", 0.5, "auroc"): (0.03, -0.01, 0.07, 0.15),
+             ("real+synthetic", 0.5, "spec_at_90sens"): (-0.3, -0.4, -0.2, 0.003)}
+    aurocs = {("real", 0.5): 0.53, ("real+classic", 0.5): 0.49, ("real+synthetic", 0.5): 0.56}
+    _write_benchmark(tmp_path, diffs=diffs, aurocs=aurocs)
+    bench = _read_benchmark(tmp_path)
+    assert bench["n_test"] == 40 and bench["notes"] == [] and len(bench["diffs"]) == 6
+    h = benchmark_headline(bench)
+    assert [a["arm"] for a in h["arms"]] == ["real", "real+classic", "real+synthetic"]
+    got = {(a["arm"], m): (d["diff"], d["lo"], d["hi"], d["p"], d["verdict"])
+           for a in h["arms"] for r in a["fractions"] for m, d in r["diffs"].items()}
+    assert got[("real+classic", "auroc")] == (-0.04, -0.07, -0.01, 0.012, "worse")
+    assert got[("real+synthetic", "auroc")] == (0.03, -0.01, 0.07, 0.15, "no significant difference")
+    assert got[("real+synthetic", "sens_at_90spec")][4] == "better"
+    assert got[("real+synthetic", "spec_at_90sens")][4] == "worse"
+    assert h["arms"][0]["fractions"][0]["diffs"] == {}  # the reference arm
+    assert h["n_auroc_comparisons"] == 2
+    assert h["arms"][1]["verdict_text"] == "worse at 50%"
+    assert (h["n_better"], h["n_worse"]) == (0, 1)
+    assert h["caveats"][0] == "only 2 seed(s) per arm (5 recommended)"
+    assert "includes chance (0.5) at 50%" in h["caveats"][1]  # real-only AUROC CI 0.48..0.57
+
+
+def test_benchmark_reader_old_layout_and_duplicates(tmp_path):
+    from medsynth.report.build import _read_benchmark, benchmark_headline
+
+    old = {k: v for k, v in BENCH_DIFFS.items() if k[2] == "auroc"}
+    _write_benchmark(tmp_path / "old", diffs=old, old=True)
+    bench = _read_benchmark(tmp_path / "old")
+    assert {(d["arm"], d["metric"]) for d in bench["diffs"]} == {("real+synthetic", "auroc")}
+    assert any("without a 'metric'" in n for n in bench["notes"])  # recorded, not silent
+    h = benchmark_headline(bench)
+    assert h["arms"][1]["fractions"][1]["diffs"]["auroc"]["diff"] == 0.01
+    # two rows for the same (arm, fraction, metric) are an error, not a coin toss
+    dup = (tmp_path / "old" / "results.csv").read_text().splitlines()
+    (tmp_path / "dup").mkdir()
+    (tmp_path / "dup" / "results.csv").write_text("\n".join(dup + dup[-1:]) + "\n")
+    with pytest.raises(MedsynthError, match="two paired-difference rows"):
+        _read_benchmark(tmp_path / "dup")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(MedsynthError, match="missing column"):
+        _read_benchmark(tmp_path / "bad")
+    assert _read_benchmark(tmp_path / "nothing-here") is None
+
+
+def test_mia_signal_rule():
+    from medsynth.report.build import mia_signal
+
+    assert mia_signal({"auroc": 0.7, "lo": 0.6, "hi": 0.8}, {"auroc": 0.52})
+    assert not mia_signal({"auroc": 0.7, "lo": 0.6, "hi": 0.8}, {"auroc": 0.63})  # control as high: shift, not leak
+    assert not mia_signal({"auroc": 0.55, "lo": 0.45, "hi": 0.65}, {"auroc": 0.40})  # CI includes chance
+    assert not mia_signal({"auroc": 0.7, "lo": None, "hi": None}, {"auroc": 0.5})
+
+
+# ---- end to end: a real short run, `medsynth evaluate`, a hand-made benchmark, `medsynth report` --
+
+
+def _headline_numbers(obj, path=()):
+    """(path, value) of every numeric leaf of the JSON headline."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _headline_numbers(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _headline_numbers(v, path + (i,))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+@pytest.mark.slow
+def test_report_end_to_end_on_a_short_run(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app
+    from medsynth.report.build import _fmt
+
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(48, 32, 32, generator=g) * 2000).numpy().astype(np.float32)  # detector-like units
+    np.savez(tmp_path / "tiny.npz", images=x, labels=np.arange(48) % 2, patient_ids=[f"p{i}" for i in range(48)],
+             splits=["train"] * 32 + ["val"] * 8 + ["test"] * 8)
+    runner = CliRunner()
+
+    def invoke(*args):
+        r = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+
+    invoke("train", "--modality", "xray", "--data", "tiny.npz", "--size", "32", "--steps", "2", "--set",
+           "model.width=8", "--set", "train.batch_size=16", "--out", "runs", "--no-progress")
+    run = tmp_path / "runs" / "00000-xray-dcgan"
+    invoke("evaluate", run, "--count", "24", "--encoder-steps", "5", "--repeats", "1", "--n-boot", "50")
+    _write_benchmark(run / "benchmark")
+    invoke("report", run, "--count", "16", "--encoder-steps", "5", "--out", "reports")
+    out = tmp_path / "reports" / run.name
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    rep = json.loads((out / "report.json").read_text())
+
+    # the summary comes first and states the right AUROC row per arm and fraction
+    assert [ln[3:] for ln in md.splitlines() if ln.startswith("## ")][:5] == [
+        "Summary", "Fidelity", "Privacy", "Downstream benchmark", "Run and configuration provenance"]
+    rows = _summary_rows(md)
+    r10, r100 = rows[("real+synthetic", "10%")], rows[("real+synthetic", "100%")]
+    assert r10["Δ AUROC vs real-only [95% CI]"] == _signed(0.0617, 0.0317, 0.0917) and r10["p"] == "0.040"
+    assert r10["AUROC verdict"] == "better"
+    assert r10["Δ sens@90%spec [95% CI], p"] == _signed(-0.12, -0.25, 0.01) + ", p = 0.090"
+    assert r10["Δ spec@90%sens [95% CI], p"] == _signed(0.2, 0.05, 0.35) + ", p = 0.011"
+    assert r100["Δ AUROC vs real-only [95% CI]"] == _signed(0.01, -0.02, 0.04) and r100["p"] == "0.520"
+    assert r100["AUROC verdict"] == "no significant difference"
+    assert rows[("real", "10%")]["Δ AUROC vs real-only [95% CI]"] == "reference"
+    assert rows[("real", "100%")]["AUROC [95% CI]"] == "0.830 [0.780, 0.870]"
+    summary = _md_section(md, "Summary")
+    assert "1 of 2 arm × real-fraction comparisons are better than real-only, 0 worse and 1 not" in summary
+    assert "**Caveats:** only 2 seed(s) per arm (5 recommended)." in summary
+    assert ("**real+synthetic**: AUROC +0.062 [+0.032, +0.092], p = 0.040 at 10%; +0.010 [-0.020, +0.040], "
+            "p = 0.520 at 100% of the real training patients — better at 10%; no significant difference at 100%."
+            ) in summary
+    # memorisation and membership inference come from evaluate/evaluation.json, attack beside its control
+    ev = json.loads((run / "evaluate" / "evaluation.json").read_text())
+    for key in ("distance", "discriminator"):
+        a, c = (ev["privacy"]["membership_inference"][key][k] for k in ("attack", "control"))
+        assert f"AUROC {_fmt(a['auroc'])} [{_fmt(a['lo'])}, {_fmt(a['hi'])}] against its control " \
+               f"{_fmt(c['auroc'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}]" in summary
+        assert rep["headline"]["membership_inference"][key]["signal"] == (a["lo"] > max(0.5, c["auroc"]))
+    assert "**Is there memorisation?**" in summary and "NNDR" in summary
+    assert "Fréchet distance (evaluation encoder)" in summary and "real vs real (floor)" in summary
+
+    # JSON carries the same figures as the Markdown: every headline number is printed in the summary ...
+    nums = list(_headline_numbers(rep["headline"]))
+    assert len(nums) > 40
+    for path, v in nums:
+        if path[-1] in ("fraction", "diff_seed_mean", "diff_seed_sd") or "frac_below" in str(path[-1]):
+            continue  # printed as percentages (checked below) or in the benchmark section
+        shown = f"{v:+.3f}" if "diffs" in path and path[-1] in ("diff", "lo", "hi") else _fmt(v)
+        assert shown in summary, (path, v, shown)
+    mem = rep["headline"]["memorisation"]
+    assert f"{mem['report_dcr']['frac_below_real_p1']:.1%}" in summary
+    assert f"NNDR {mem['evaluation']['nndr_frac_below_real_p1']:.1%}" in summary
+    # ... the benchmark differences in JSON are the ones the benchmark section prints ...
+    diff_rows = next(t for t in _md_tables(_md_section(md, "Downstream benchmark")) if t and "metric" in t[0])
+    assert len(diff_rows) == len(rep["benchmark"]["diffs"]) == 6
+    for d in rep["benchmark"]["diffs"]:
+        want = BENCH_DIFFS[(d["arm"], d["fraction"], d["metric"])]
+        assert (d["diff"], d["lo"], d["hi"], d["p"]) == want
+        label = {"auroc": "AUROC", "sens_at_90spec": "sens@90%spec", "spec_at_90sens": "spec@90%sens"}[d["metric"]]
+        row = next(r for r in diff_rows if r["metric"] == label and r["real training patients"] == f"{100 * d['fraction']:g}%")
+        assert row["arm − real-only [95% CI]"] == _signed(*want[:3]) and row["p"] == _fmt(want[3])
+    # ... and the same PNG figures
+    assert set(re.findall(r"\]\(([^)]+\.png)\)", md)) == set(rep["figures"].values())
+    assert {"eval_fig_closest_pairs.png", "eval_fig_dcr_nndr.png", "eval_fig_intensity.png",
+            "fig_benchmark.png"} <= set(rep["figures"].values())
+
+    # the HTML is self-contained: every src/href is a data: URI, nothing else is loaded
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", html, flags=re.I)
+    assert refs and all(r.startswith("data:") for r in refs), [r[:40] for r in refs if not r.startswith("data:")]
+    assert len(refs) == len(rep["figures"])
+    assert not re.search(r"<(link|script|iframe|object|embed)\b|url\(|@import", html, flags=re.I)
+    assert "<h2>Summary</h2>" in html and "+0.062 [+0.032, +0.092]" in html
+    assert rep["provenance"]["evaluation_step"] == ev["step"] and rep["provenance"]["benchmark_sources"]
+    r = runner.invoke(app, ["report", str(run), "--benchmark", str(tmp_path / "no-such-benchmark")])
+    assert r.exit_code == 2 and "benchmark folder not found" in r.output
