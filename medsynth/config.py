@@ -87,6 +87,16 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (a final one is always written).
         threads: torch intra-op threads (``None``: leave torch's default).
         out: parent folder of run directories.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...;
+            under ``torchrun`` on GPUs each process takes ``cuda:LOCAL_RANK``.
+        amp: mixed precision of each phase's forward pass: ``"off"``, ``"bf16"`` (autocast, no
+            scaler), ``"fp16"`` (autocast with ``torch.amp.GradScaler``) or ``"auto"`` (bf16
+            where measured to help: CUDA with bf16 support, CPUs with AVX512-BF16).
+        channels_last: channels-last memory format for model and images (``"auto"``: on where
+            measured to help, 2D on CPU; see ``medsynth.train.loop.resolve_speed``), ``true`` or ``false``.
+        compile: ``torch.compile`` the modules the phases update (``"auto"``: off; small CPU gain
+            for minutes of compilation), ``true`` or ``false``.
+        fused_adam: Adam's fused kernel (``"auto"``: on where torch has one for the device).
     """
 
     steps: int = 1000
@@ -98,6 +108,11 @@ class TrainConfig:
     checkpoint_every: int = 250
     threads: int | None = None
     out: str = "runs"
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: Any = "auto"
+    compile: Any = "auto"
+    fused_adam: Any = "auto"
 
 
 @dataclass

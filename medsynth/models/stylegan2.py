@@ -100,7 +100,7 @@ class MappingNetwork(nn.Module):
         if update_avg:
             with torch.no_grad():
                 for c in rows.unique().tolist():
-                    self.w_avg[c].lerp_(x[rows == c].detach().mean(0), 1.0 - self.w_avg_beta)
+                    self.w_avg[c].lerp_(x[rows == c].detach().mean(0).to(self.w_avg.dtype), 1.0 - self.w_avg_beta)
         if truncation is not None and truncation != 1.0:
             x = torch.lerp(self.w_avg[rows], x, float(truncation))
         return x
@@ -386,7 +386,7 @@ class StyleGAN2(GANVariant):
             (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
             lengths = grad.pow(2).sum(2).mean(1).sqrt()  # (m,)
             with torch.no_grad():
-                self.pl_mean.lerp_(lengths.mean().detach(), self.p.pl_decay)
+                self.pl_mean.lerp_(lengths.mean().detach().to(self.pl_mean.dtype), self.p.pl_decay)
             penalty = (lengths - self.pl_mean).pow(2).mean()
             loss = penalty * (self.p.pl_weight * self.p.pl_every)
             return loss, {"pl_penalty": penalty.item(), "pl_mean": float(self.pl_mean)}

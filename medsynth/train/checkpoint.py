@@ -14,11 +14,17 @@ from medsynth.errors import MedsynthError
 
 
 def versions() -> dict[str, str]:
-    import monai
+    """Versions of medsynth, torch, MONAI (``"not installed"`` where training runs without it,
+    e.g. a GPU box with torch alone: the loop does not need MONAI) and Python."""
+    from importlib import metadata
 
     import medsynth
 
-    return {"medsynth": str(medsynth.__version__), "torch": str(torch.__version__), "monai": str(monai.__version__),
+    try:  # the installed distribution's version: no import of MONAI (seconds) just to read it
+        monai_version = metadata.version("monai")
+    except metadata.PackageNotFoundError:
+        monai_version = "not installed"
+    return {"medsynth": str(medsynth.__version__), "torch": str(torch.__version__), "monai": monai_version,
             "python": platform.python_version()}
 
 
