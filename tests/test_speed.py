@@ -86,3 +86,4 @@ def test_tensor_stats_are_averaged_on_device_and_read_once():
     acc = {"loss/D": torch.tensor(3.0), "r1": 1.5}
     means = loop._tick_means(acc, {"loss/D": 2, "r1": 3}, DistInfo(), torch.device("cpu"))
     assert means == {"loss/D": 1.5, "r1": 0.5}
+

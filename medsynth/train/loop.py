@@ -342,9 +342,13 @@ def train(
 
     cpu_twin: list[GANVariant] = []
 
-    def grid() -> None:
+    def grid() -> None:  # the global CPU RNG is restored afterwards: grids never shift training's noise
         if not info.is_main:
             return
+        with torch.random.fork_rng(devices=[]):
+            _grid()
+
+    def _grid() -> None:
         g = torch.Generator().manual_seed(tc.seed + 12345)
         src = model
         if dev.type != "cpu":  # sample() draws latents on the CPU: grids come from a CPU copy
