@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                          "watchdog ends the process 20 s after it")
     ap.add_argument("--compile-timeout", type=float, default=None,
                     help="seconds for the compiled measurement (default 150 on GPU, 60 with --smoke)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated labels to run (e.g. stylegan2_256_fp32,stylegan2_256_bf16); default all")
     args = ap.parse_args(argv)
     budget = args.budget or (240.0 if args.smoke else 300.0)
     compile_timeout = args.compile_timeout or (60.0 if args.smoke else 150.0)
@@ -129,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[gpu_bench] {record['device']} torch {torch.__version__} cuda {torch.version.cuda} "
           f"-> {path}", flush=True)
     fp32_rate: dict[str, float] = {}
+    only = set(args.only.split(",")) if args.only else None
     for item in plan(args.smoke):
+        if only is not None and item["label"] not in only:
+            continue
         label, cname = item.pop("label"), item.pop("config")
         sub = item.pop("subprocess", False)
         elapsed = time.perf_counter() - T_START

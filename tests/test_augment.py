@@ -113,3 +113,25 @@ def test_ada_raises_p_when_d_overfits_a_tiny_set(tmp_path):
     assert float(model.augment_pipe.p) > 0.2
     assert lines[-1]["aug/p"] > lines[0]["aug/p"]
     assert max(ln["aug/rt"] for ln in lines) > 0.6
+
+
+def test_translate_is_an_exact_integer_shift_with_double_backward():
+    """Integer shifts move pixels exactly, and R1 through the augmentation (grad of grad) works:
+    the op is index arithmetic, not grid_sample (which has no double backward on CUDA)."""
+    from medsynth.train.augment import translate
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 1, 16, 16, requires_grad=True)
+    y = translate(x, torch.ones(4, dtype=torch.bool), ratio=0.125)
+    for i in range(4):
+        # find the shift that maps the interior of x onto y
+        hits = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)
+                if torch.equal(y[i, :, 4:12, 4:12], x[i, :, 4 - dr:12 - dr, 4 - dc:12 - dc])]
+        assert len(hits) == 1
+    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    g.pow(2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # unselected samples are untouched; 3D volumes keep their shape
+    z = translate(x.detach(), torch.zeros(4, dtype=torch.bool))
+    assert torch.equal(z, x.detach())
+    assert translate(torch.randn(2, 1, 8, 8, 8), torch.ones(2, dtype=torch.bool)).shape == (2, 1, 8, 8, 8)

@@ -115,14 +115,25 @@ def translate(x: Tensor, apply: Tensor, ratio: float = 0.125) -> Tensor:
         m = max(1, int(s * ratio + 0.5))
         sh = torch.randint(-m, m + 1, (n,), device=x.device) * apply.long()
         shifts.append(sh)
-    theta = torch.zeros(n, dims, dims + 1, device=x.device, dtype=x.dtype)
-    for i in range(dims):
-        theta[:, i, i] = 1.0
-    # affine_grid orders axes (x=W, y=H, z=D): reverse the spatial order
-    for i, (s, sh) in enumerate(zip(reversed(size), reversed(shifts))):
-        theta[:, i, dims] = -2.0 * sh.to(x.dtype) / s
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # crop a reflection-padded copy at the shifted offset: index arithmetic only, so the op is
+    # differentiable to any order (R1 through the augmentation works on every device; CUDA's
+    # grid_sample has no double backward)
+    pads = []
+    for s in reversed(size):
+        m = max(1, int(s * ratio + 0.5))
+        pads += [m, m]
+    mode = "reflect" if all(s > max(1, int(s * ratio + 0.5)) for s in size) else "replicate"
+    out = F.pad(x, pads, mode=mode)
+    for axis, (s, sh) in enumerate(zip(size, shifts)):
+        m = max(1, int(s * ratio + 0.5))
+        d = axis + 2
+        idx = torch.arange(s, device=x.device)[None, :] + (m - sh)[:, None]  # (N, s)
+        view = [n] + [1] * (out.dim() - 1)
+        view[d] = s
+        shape = list(out.shape)
+        shape[d] = s
+        out = torch.gather(out, d, idx.view(view).expand(shape))
+    return out
 
 
 def cutout(x: Tensor, apply: Tensor, ratio: float = 0.5) -> Tensor:

@@ -161,10 +161,11 @@ def resolve_speed(tc, local_rank: int = 0, spatial_dims: int = 2) -> Speed:
     * ``amp``: bf16 on CUDA devices with bf16 support and on CPUs with AVX512-BF16/AMX (training
       images per CPU-second 1.28x StyleGAN2, 1.56x DCGAN at 64² on this project's CPU); otherwise
       off. fp16 is never chosen automatically.
-    * ``channels_last``: on for 2D models on the CPU (1.15x / 1.17x alone, 1.26x / 1.27x on top of
-      bf16); off for 3D (not measured) and on GPUs until the GPU record shows a gain.
+    * ``channels_last``: on for 2D models (CPU: 1.15x / 1.17x alone, 1.26x / 1.27x on top of bf16;
+      H100, ``reports/gpu_bench_h100.json``, on top of bf16 at 256²: StyleGAN2 1.13x, ProGAN 0.99x);
+      off for 3D (not measured).
     * ``compile``: off (CPU: 1.14x for DCGAN but minutes of compilation under load, and R1/gradient
-      penalty phases cannot run compiled; GPU not yet measured).
+      penalty phases cannot run compiled; H100: StyleGAN2 256² did not finish compiling in 60 s).
     * ``fused_adam``: on where torch has a fused Adam kernel for the device (CPU: 1.10x DCGAN,
       1.01x StyleGAN2).
     """
@@ -185,12 +186,12 @@ def resolve_speed(tc, local_rank: int = 0, spatial_dims: int = 2) -> Speed:
             notes.append(f"amp auto -> off (not measured on {dev.type})")
     cl = _flag(tc.channels_last, "channels_last")
     if cl is None:
-        cl = dev.type == "cpu" and int(spatial_dims) == 2
-        notes.append(f"channels_last auto -> {'on' if cl else 'off'} (measured gain: 2D models on CPU only)")
+        cl = dev.type in ("cpu", "cuda") and int(spatial_dims) == 2
+        notes.append(f"channels_last auto -> {'on' if cl else 'off'} (measured gain: 2D models on CPU and H100)")
     comp = _flag(tc.compile, "compile")
     if comp is None:
         comp = False
-        notes.append("compile auto -> off (small CPU gain, minutes of compilation; GPU not measured)")
+        notes.append("compile auto -> off (small CPU gain, minutes of compilation; H100 compile > 60 s)")
     fused = _flag(tc.fused_adam, "fused_adam")
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
