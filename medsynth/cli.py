@@ -392,12 +392,19 @@ def sample_data(
     n_ct: int = typer.Option(300, "--n-ct", help="patients with an axial CT slice (NIfTI)"),
     n_png: int = typer.Option(30, "--n-png", help="radiographs also written as PNG"),
     seed: int = typer.Option(0),
+    xray_view: str = typer.Option("lung_spot", "--xray-view",
+                                  help="radiograph view: lung_spot (64 mm field near a nodule site, 1 mm "
+                                       "pixels: the detection task) or chest (whole chest, 384 mm field)"),
 ):
     """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
     from medsynth.phantom import generate_sample_data
+    from medsynth.phantom.sample import XRAY_VIEWS
 
+    if xray_view not in XRAY_VIEWS:
+        raise MedsynthError("--xray-view", f"must be one of {', '.join(XRAY_VIEWS)}, got {xray_view!r}")
     t0 = time.perf_counter()
-    manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed)
+    manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed,
+                                    xray_view=xray_view)
     typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
 
 

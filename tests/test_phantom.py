@@ -122,7 +122,8 @@ def test_radiograph_physics(patient):
     assert np.abs(lo - ref).mean() > np.abs(hi - ref).mean()
 
 
-TINY_GRIDS = {"xray_grid": {"shape": (32, 32, 32), "spacing_mm": 12.0},
+TINY_GRIDS = {"roi": {"voxel_mm": 5.0, "depth_shape": 24, "depth_mm": 12.0},
+              "xray_grid": {"shape": (32, 32, 32), "spacing_mm": 12.0},
               "ct_grid": {"shape": (8, 16, 16), "spacing_mm": (20.0, 24.0, 24.0)}}
 
 
@@ -220,3 +221,32 @@ def test_committed_sample_data():
     total = sum(f.stat().st_size for f in (ROOT / "sample_data").rglob("*") if f.is_file())
     assert total < 10 * 1024 * 1024
     assert (ROOT / "sample_data" / "README.md").exists()
+
+
+def test_lung_spot_view_is_the_same_patient_framed_on_a_nodule_site():
+    """The spot view keeps the patient's anatomy and nodule; its field is centred within the
+    jitter of the nodule (positives) or of a lung site drawn the same way (negatives)."""
+    from medsynth.phantom.sample import XRAY_ROI, _streams, xray_patient
+
+    small = {"voxel_mm": 4.0, "depth_shape": 24, "depth_mm": 12.0}
+    seen = set()
+    for i in range(8):
+        ss, _, _ = _streams(11, i)
+        chest = xray_patient(ss, 11, i, "chest", {"shape": (24, 24, 24), "spacing_mm": 16.0})
+        spot = xray_patient(ss, 11, i, "lung_spot", small)
+        assert spot.label == chest.label
+        seen.add(spot.label)
+        n = spot.volume_hu.shape[2]
+        centre = (spot.origin[0] + (n - 1) / 2 * 4.0, spot.origin[2] + (n - 1) / 2 * 4.0)
+        if spot.label:
+            assert spot.nodule["centre_mm"] == chest.nodule["centre_mm"]
+            cx, _, cz = spot.nodule["centre_mm"]
+            reach = XRAY_ROI["jitter"] * XRAY_ROI["field_mm"] + 1e-6
+            assert abs(centre[0] - cx) <= reach and abs(centre[1] - cz) <= reach
+            assert spot.nodule_mask.any()
+        else:
+            # the field still shows lung
+            assert spot.lung_mask.mean() > 0.05
+    assert seen == {0, 1}
+    with pytest.raises(ValueError, match="view"):
+        xray_patient(ss, 11, 0, "lateral")

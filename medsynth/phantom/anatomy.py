@@ -350,6 +350,8 @@ NODULE_SIZE_SKEW = 0.5
 #: probabilities of the nodule textures (solid, part-solid, ground-glass); ground-glass and
 #: part-solid nodules (-650..-400 HU) are kept as the rare hard cases (was 0.8, 0.12, 0.08)
 NODULE_TEXTURE_P = (0.92, 0.05, 0.03)
+#: HU range of solid nodules (soft tissue)
+NODULE_SOLID_HU = (-10.0, 60.0)
 
 
 def _draw_nodule(p, rng, diameter_mm=None):
@@ -363,7 +365,7 @@ def _draw_nodule(p, rng, diameter_mm=None):
     kind = rng.choice(["solid", "part-solid", "ground-glass"], p=list(NODULE_TEXTURE_P))
     shape = rng.choice(["smooth", "lobulated", "spiculated"], p=[0.45, 0.35, 0.2])
     if kind == "solid":
-        hu = rng.uniform(-10.0, 60.0)
+        hu = rng.uniform(*NODULE_SOLID_HU)
     else:
         hu = rng.uniform(-650.0, -400.0)
     core = rng.uniform(0.35, 0.65) if kind == "part-solid" else 0.0

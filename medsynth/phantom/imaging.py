@@ -38,6 +38,10 @@ LUNG_CENTRE_PERCENTILE = 50.0
 #: detector point-spread Gaussian sigma, output pixels (the pixel aperture itself is already
 #: modelled by the anti-aliased resampling of the projection)
 DETECTOR_BLUR_PX = 0.7
+#: weight kept of the large-scale (``sigma_mm``) component in presentation processing
+#: (1 = none removed; clinical multi-scale processing compresses it so that the mediastinum
+#: and the retro-cardiac / sub-diaphragmatic lung stay readable)
+RANGE_KEEP = 1.0
 
 
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
@@ -205,7 +209,7 @@ def present(
         ``(H, W)`` uint16 in 0..4095, dense = bright.
     """
     low = ndimage.gaussian_filter(log_signal, sigma_mm / pixel_mm, mode="nearest")
-    proc = low + (1.0 + detail_gain) * (log_signal - low)
+    proc = RANGE_KEEP * low + (1.0 + detail_gain) * (log_signal - low)
     q = LUNG_CENTRE_PERCENTILE if centre_percentile is None else centre_percentile
     if region is not None and int(np.count_nonzero(region)) >= 16:
         centre = float(np.percentile(proc[np.asarray(region, bool)], q))
