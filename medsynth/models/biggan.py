@@ -205,15 +205,15 @@ class BigGAN(GANVariant):
                 fake = self.G(z, labels)
             real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.hinge_d_loss(real_logits, fake_logits)
-            return loss, {"loss/D": loss.item(), "D(real)": real_logits.mean().item(),
-                          "D(fake)": fake_logits.mean().item(), **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), "D(real)": real_logits.mean().detach(),
+                          "D(fake)": fake_logits.mean().detach(), **self.augment_stats()}
         if phase == "G":
             adv = losses.hinge_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
-            stats = {"loss/G_adv": adv.item()}
+            stats = {"loss/G_adv": adv.detach()}
             loss = adv
             if self.p.ortho_weight > 0:
                 ortho = losses.orthogonal_regulariser(self.G.ortho_weights())
                 loss = adv + self.p.ortho_weight * ortho
-                stats["ortho"] = ortho.item()
-            return loss, {"loss/G": loss.item(), **stats}
+                stats["ortho"] = ortho.detach()
+            return loss, {"loss/G": loss.detach(), **stats}
         raise KeyError(phase)

@@ -206,16 +206,16 @@ class CoGAN(GANVariant):
                     rl = self.D(self.d_input(reals[k]), k)
                     real_logits.append(rl)
                     term = losses.bce_d_loss(rl, fake_l, self.p.real_target)
-                    stats[f"D{k + 1}(real)"] = rl.sigmoid().mean().item()
+                    stats[f"D{k + 1}(real)"] = rl.sigmoid().mean().detach()
                 loss = loss + term
-                stats[f"D{k + 1}(fake)"] = fake_l.sigmoid().mean().item()
+                stats[f"D{k + 1}(fake)"] = fake_l.sigmoid().mean().detach()
             if real_logits:
                 self.d_real(torch.cat(real_logits))
-            return loss, {"loss/D": loss.item(), **stats, **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), **stats, **self.augment_stats()}
         if phase == "G":
             x1, x2 = self.G.pair(z)
             l1 = losses.bce_g_loss(self.D(self.d_input(x1), 0))
             l2 = losses.bce_g_loss(self.D(self.d_input(x2), 1))
             loss = l1 + l2
-            return loss, {"loss/G": loss.item(), "loss/G1": l1.item(), "loss/G2": l2.item()}
+            return loss, {"loss/G": loss.detach(), "loss/G1": l1.detach(), "loss/G2": l2.detach()}
         raise KeyError(phase)

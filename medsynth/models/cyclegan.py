@@ -335,7 +335,7 @@ class CycleGAN(GANVariant):
                     idt = idt + losses.l1_loss(self.G["ab"](b), b)
             lam = self.p.cycle_weight
             loss = adv + lam * cyc + lam * self.p.identity_weight * idt
-            return loss, {"loss/G": loss.item(), "G_adv": adv.item(), "cycle": cyc.item(), "identity": idt.item()}
+            return loss, {"loss/G": loss.detach(), "G_adv": adv.detach(), "cycle": cyc.detach(), "identity": idt.detach()}
         if phase == "D":
             with torch.no_grad():
                 fake_b = self._from_pool("b", self.G["ab"](a)) if len(a) else self._pool_only("b", len(b))
@@ -348,12 +348,12 @@ class CycleGAN(GANVariant):
                     loss = loss + self._adv_d(s, True)
                     per_image = s.flatten(1).mean(1)
                     real_scores.append(per_image - 0.5 if self.p.adv_loss == "lsgan" else per_image)
-                    stats[f"D_{dom}(real)"] = s.mean().item()
+                    stats[f"D_{dom}(real)"] = s.mean().detach()
                 if fake is not None and len(fake):
                     s = net(self.d_input(fake))
                     loss = loss + self._adv_d(s, False)
-                    stats[f"D_{dom}(fake)"] = s.mean().item()
+                    stats[f"D_{dom}(fake)"] = s.mean().detach()
             if real_scores:
                 self.d_real(torch.cat(real_scores))
-            return loss, {"loss/D": loss.item(), **stats, **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), **stats, **self.augment_stats()}
         raise KeyError(phase)

@@ -123,13 +123,13 @@ class GAN(GANVariant):
             fake = self.G(z, labels).detach()
             real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
-            return loss, {"loss/D": loss.item(), "D(real)": real_logits.sigmoid().mean().item(),
-                          "D(fake)": fake_logits.sigmoid().mean().item(), **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), "D(real)": real_logits.sigmoid().mean().detach(),
+                          "D(fake)": fake_logits.sigmoid().mean().detach(), **self.augment_stats()}
         if phase == "G":
             fake_logits = self.D(self.d_input(self.G(z, labels)), labels)
             if self.p.g_loss == "minimax":
                 loss = losses.minimax_g_loss(fake_logits)
             else:
                 loss = losses.bce_g_loss(fake_logits)
-            return loss, {"loss/G": loss.item()}
+            return loss, {"loss/G": loss.detach()}
         raise KeyError(phase)

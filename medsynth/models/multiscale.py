@@ -362,10 +362,10 @@ class MultiscaleGAN(GANVariant):
                 real_logits = self.d_real(dc(self._pool(x, self.coarse)))
                 fake_logits = dc(fake)
                 loss = losses.bce_d_loss(real_logits, fake_logits, rt)
-                return loss, {"loss/Dc": loss.item(), "Dc(real)": real_logits.sigmoid().mean().item(),
-                              "Dc(fake)": fake_logits.sigmoid().mean().item(), **self.augment_stats()}
+                return loss, {"loss/Dc": loss.detach(), "Dc(real)": real_logits.sigmoid().mean().detach(),
+                              "Dc(fake)": fake_logits.sigmoid().mean().detach(), **self.augment_stats()}
             loss = losses.bce_g_loss(dc(self.Gc(z, labels)))
-            return loss, {"loss/Gc": loss.item()}
+            return loss, {"loss/Gc": loss.detach()}
         if phase in ("Dp", "Gp"):
             cond, target, starts, level = self.real_windows(x)
             cond, target = cond.to(x.device), target.to(x.device)
@@ -379,13 +379,13 @@ class MultiscaleGAN(GANVariant):
                 real_logits = self.Dp(self._dp_input(target, cond, starts, level, labels), labels)
                 fake_logits = self.Dp(self._dp_input(fake, cond, starts, level, labels), labels)
                 loss = losses.bce_d_loss(real_logits, fake_logits, rt)
-                return loss, {"loss/Dp": loss.item(), "Dp(real)": real_logits.sigmoid().mean().item(),
-                              "Dp(fake)": fake_logits.sigmoid().mean().item()}
+                return loss, {"loss/Dp": loss.detach(), "Dp(real)": real_logits.sigmoid().mean().detach(),
+                              "Dp(fake)": fake_logits.sigmoid().mean().detach()}
             fake = self.Gp(cond, noise, coords, level, labels)
             adv = losses.bce_g_loss(self.Dp(self._dp_input(fake, cond, starts, level, labels), labels))
             l1 = losses.l1_loss(fake, target)
             loss = adv + self.p.l1_weight * l1
-            return loss, {"loss/Gp": adv.item(), "l1/Gp": l1.item()}
+            return loss, {"loss/Gp": adv.detach(), "l1/Gp": l1.detach()}
         raise KeyError(phase)
 
     # ---- generation -----------------------------------------------------------------------------

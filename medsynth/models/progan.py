@@ -259,7 +259,7 @@ class ProGAN(GANVariant):
         def D(x: Tensor) -> Tensor:
             return self.D(x, labels, stage, alpha)
 
-        stats = {"stage": float(stage), "alpha": alpha}
+        stats = {"stage": self.stage.detach().float(), "alpha": self.alpha.detach().float()}
         if phase == "D":
             real = self.fade_real(batch.images)
             with torch.no_grad():
@@ -271,7 +271,7 @@ class ProGAN(GANVariant):
                 w = losses.wgan_d_loss(real_s, fake_s)
                 gp = losses.gradient_penalty(D, real_a, fake_a.detach())
                 loss = w + self.p.gp_weight * gp + self.p.drift_weight * losses.drift_penalty(real_s)
-                stats.update({"loss/D": loss.item(), "wasserstein": -w.item(), "gp": gp.item()})
+                stats.update({"loss/D": loss.detach(), "wasserstein": -w.detach(), "gp": gp.detach()})
             else:
                 real_in = real.detach().requires_grad_(True)
                 real_s = self.d_real(D(self.d_input(real_in)))
@@ -279,10 +279,10 @@ class ProGAN(GANVariant):
                 (grad,) = torch.autograd.grad(real_s.sum(), real_in, create_graph=True)
                 r1 = grad.flatten(1).pow(2).sum(1).mean()
                 loss = F.softplus(fake_s).mean() + F.softplus(-real_s).mean() + 0.5 * self.p.r1_gamma * r1
-                stats.update({"loss/D": loss.item(), "r1": r1.item()})
+                stats.update({"loss/D": loss.detach(), "r1": r1.detach()})
             return loss, {**stats, **self.augment_stats()}
         if phase == "G":
             fake_s = D(self.d_input(self.G(z, labels, stage, alpha)))
             loss = losses.wgan_g_loss(fake_s) if self.p.loss == "wgan_gp" else F.softplus(-fake_s).mean()
-            return loss, {**stats, "loss/G": loss.item()}
+            return loss, {**stats, "loss/G": loss.detach()}
         raise KeyError(phase)

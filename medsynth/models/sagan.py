@@ -137,9 +137,9 @@ class SAGAN(GANVariant):
                 fake = self.G(z, labels)
             real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.hinge_d_loss(real_logits, fake_logits)
-            return loss, {"loss/D": loss.item(), "D(real)": real_logits.mean().item(),
-                          "D(fake)": fake_logits.mean().item(), **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), "D(real)": real_logits.mean().detach(),
+                          "D(fake)": fake_logits.mean().detach(), **self.augment_stats()}
         if phase == "G":
             loss = losses.hinge_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
-            return loss, {"loss/G": loss.item()}
+            return loss, {"loss/G": loss.detach()}
         raise KeyError(phase)

@@ -364,19 +364,19 @@ class StyleGAN2(GANVariant):
                 fake = self.G(z, labels, mix_prob=self.p.style_mixing)
             real_l, fake_l = self.d_outputs(batch.images, fake, labels)
             loss = F.softplus(fake_l).mean() + F.softplus(-real_l).mean()
-            return loss, {"loss/D": loss.item(), "D(real)": real_l.sigmoid().mean().item(),
-                          "D(fake)": fake_l.sigmoid().mean().item(), **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), "D(real)": real_l.sigmoid().mean().detach(),
+                          "D(fake)": fake_l.sigmoid().mean().detach(), **self.augment_stats()}
         if phase == "Dreg":
             real = batch.images.detach().requires_grad_(True)
             real_l = self.D(self.d_input(real), labels)
             (grad,) = torch.autograd.grad(real_l.sum(), real, create_graph=True)
             r1 = grad.flatten(1).pow(2).sum(1).mean()
             loss = r1 * (0.5 * self.r1_gamma(n) * self.p.r1_every)
-            return loss, {"r1": r1.item()}
+            return loss, {"r1": r1.detach()}
         if phase == "G":
             fake = self.G(z, labels, mix_prob=self.p.style_mixing, update_avg=True)
             loss = F.softplus(-self.D(self.d_input(fake), labels)).mean()
-            return loss, {"loss/G": loss.item()}
+            return loss, {"loss/G": loss.detach()}
         if phase == "Greg":
             m = max(1, n // self.p.pl_batch_shrink)
             lab = None if labels is None else labels[:m]
@@ -389,5 +389,5 @@ class StyleGAN2(GANVariant):
                 self.pl_mean.lerp_(lengths.mean().detach().to(self.pl_mean.dtype), self.p.pl_decay)
             penalty = (lengths - self.pl_mean).pow(2).mean()
             loss = penalty * (self.p.pl_weight * self.p.pl_every)
-            return loss, {"pl_penalty": penalty.item(), "pl_mean": float(self.pl_mean)}
+            return loss, {"pl_penalty": penalty.detach(), "pl_mean": self.pl_mean.detach().clone()}
         raise KeyError(phase)

@@ -67,8 +67,8 @@ class WGANGP(GANVariant):
             w = losses.wgan_d_loss(real_s, fake_s)
             gp = losses.gradient_penalty(lambda x: self.D(x, labels), real, fake.detach())
             loss = w + self.p.gp_weight * gp + self.p.drift_weight * losses.drift_penalty(real_s)
-            return loss, {"loss/D": loss.item(), "wasserstein": -w.item(), "gp": gp.item(), **self.augment_stats()}
+            return loss, {"loss/D": loss.detach(), "wasserstein": -w.detach(), "gp": gp.detach(), **self.augment_stats()}
         if phase == "G":
             loss = losses.wgan_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
-            return loss, {"loss/G": loss.item()}
+            return loss, {"loss/G": loss.detach()}
         raise KeyError(phase)
