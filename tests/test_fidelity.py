@@ -18,12 +18,8 @@ from medsynth.metrics.fidelity import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread: these tests train small encoders; several threads only contend on CI's 2 cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n: int, size: int = 32, *, seed: int, blur: bool = False) -> torch.Tensor:

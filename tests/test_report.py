@@ -31,12 +31,8 @@ except ImportError:  # pragma: no cover - the data module is written in parallel
         modality: str
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread: these tests train small encoders; several threads only contend on CI's 2 cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n, shape=(24, 24), seed=0):

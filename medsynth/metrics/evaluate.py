@@ -29,7 +29,6 @@ and discriminator) on training vs held-out real images with a held-out-vs-held-o
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from torch import nn
 
 from medsynth.atomic import write_bytes, write_text
 from medsynth.errors import MedsynthError
+from medsynth.figures import new_figure, png_bytes
 from medsynth.metrics.diversity import mean_pairwise_ms_ssim, ms_ssim_settings
 from medsynth.metrics.fidelity import (
     encoder_fingerprint,
@@ -115,19 +115,11 @@ def _images(x, name: str, min_n: int) -> torch.Tensor:
 
 
 def _figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(w, h)
 
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return png_bytes(fig, tight=True)
 
 
 def _view(x: torch.Tensor) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from torch import nn
 
 from medsynth.atomic import write_bytes
 from medsynth.errors import MedsynthError
+from medsynth.figures import new_figure, png_bytes
 from medsynth.metrics.fidelity import (
     encoder_fingerprint,
     extract_features,
@@ -142,22 +142,6 @@ def _tile(imgs: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
         r, c = divmod(i, ncol)
         out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = imgs[i]
     return out
-
-
-def _new_figure(w: float, h: float):
-    # The object-oriented API: no pyplot, no global backend switch (Agg canvas).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,13 +545,13 @@ def _ci_text(point: Any, lo: Any, hi: Any) -> str:
 
 def _fig_grids(synth: np.ndarray, real: np.ndarray, syn_titles: str, real_titles: str) -> bytes:
     ncol = 4
-    fig = _new_figure(9, 4.8)
+    fig = new_figure(9, 4.8)
     for ax, imgs, title in zip(fig.subplots(1, 2), (synth, real), (syn_titles, real_titles)):
         ax.imshow(_tile(imgs, ncol), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.tight_layout()
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _fig_curves(stats: list[dict]) -> bytes | None:
@@ -582,7 +566,7 @@ def _fig_curves(stats: list[dict]) -> bytes | None:
     panels = [p for p in panels if p[1]]
     if not panels:
         return None
-    fig = _new_figure(5 * len(panels) + 0.5, 3.6)
+    fig = new_figure(5 * len(panels) + 0.5, 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (title, ks) in zip(axes, panels):
         for k in ks:
@@ -594,11 +578,11 @@ def _fig_curves(stats: list[dict]) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _fig_nn_hist(synth_d: np.ndarray, real_d: np.ndarray, summ: dict, space: str) -> bytes:
-    fig = _new_figure(6, 3.6)
+    fig = new_figure(6, 3.6)
     ax = fig.subplots()
     lo = min(synth_d.min(), real_d.min())
     hi = max(synth_d.max(), real_d.max())
@@ -612,12 +596,12 @@ def _fig_nn_hist(synth_d: np.ndarray, real_d: np.ndarray, summ: dict, space: str
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _fig_pairs(synth: np.ndarray, real: np.ndarray, dists: np.ndarray) -> bytes:
     n = len(dists)
-    fig = _new_figure(1.3 * n + 0.6, 3.2)
+    fig = new_figure(1.3 * n + 0.6, 3.2)
     axes = np.atleast_2d(fig.subplots(2, n, squeeze=False))
     for j in range(n):
         for i, (img, lab) in enumerate(((synth[j], "synthetic"), (real[j], "nearest real"))):
@@ -629,14 +613,14 @@ def _fig_pairs(synth: np.ndarray, real: np.ndarray, dists: np.ndarray) -> bytes:
                 ax.set_ylabel(lab, fontsize=8)
         axes[0, j].set_title(f"d={dists[j]:.2f}", fontsize=8)
     fig.tight_layout()
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _fig_benchmark(summary: list[dict]) -> bytes | None:
     rows = [r for r in summary if "fraction" in r and isinstance(r.get("auroc"), (int, float))]
     if not rows:
         return None
-    fig = _new_figure(5.5, 3.8)
+    fig = new_figure(5.5, 3.8)
     ax = fig.subplots()
     arms = list(dict.fromkeys(str(r.get("arm", "")) for r in rows))
     for arm in arms:
@@ -651,7 +635,7 @@ def _fig_benchmark(summary: list[dict]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 # --------------------------------------------------------------------------------------------
