@@ -77,11 +77,12 @@ MEMORISATION_FLAG_FRACTION = 0.05
 N_CLOSEST_PAIRS = 8
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None, paths to str."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -455,7 +456,7 @@ def write_evaluation(ev: dict, figures: dict[str, bytes], out_dir: str | Path) -
         write_bytes(out_dir / name, data)
     ev = dict(ev, figures={n.removesuffix(".png"): n for n in figures})
     write_text(out_dir / "evaluation.md", evaluation_markdown(ev))
-    write_text(out_dir / "evaluation.json", json.dumps(_jsonable(ev), indent=1) + "\n")
+    write_text(out_dir / "evaluation.json", json.dumps(jsonable(ev), indent=1) + "\n")
     return out_dir / "evaluation.json"
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from medsynth.atomic import write_bytes
 from medsynth.errors import MedsynthError
 from medsynth.figures import new_figure, png_bytes
+from medsynth.metrics.evaluate import MEMORISATION_FLAG_FRACTION, N_CLOSEST_PAIRS, jsonable as _jsonable
 from medsynth.metrics.fidelity import (
     encoder_fingerprint,
     extract_features,
@@ -55,10 +56,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: A synthetic set is flagged when more than this fraction of its images lie closer to a
-#: training image than the 1st percentile of real-to-real distances (≈0.01 expected).
-MEMORISATION_FLAG_FRACTION = 0.05
-N_CLOSEST_PAIRS = 8
 #: Random real/real splits (and synthetic subsamples) averaged for the equal-size FD figures.
 FD_REPEATS = 10
 GRID_N = 16
@@ -68,24 +65,6 @@ _STATS_SKIP = {"step", "kimg", "seconds", "img_per_s", "tick", "time"}
 
 # --------------------------------------------------------------------------------------------
 # small utilities
-
-
-def _jsonable(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None, paths to str."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
