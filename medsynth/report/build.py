@@ -39,7 +39,8 @@ from torch import nn
 from medsynth.atomic import write_bytes
 from medsynth.errors import MedsynthError
 from medsynth.figures import new_figure, png_bytes
-from medsynth.metrics.evaluate import MEMORISATION_FLAG_FRACTION, N_CLOSEST_PAIRS, jsonable as _jsonable
+from medsynth.metrics.evaluate import MEMORISATION_FLAG_FRACTION, N_CLOSEST_PAIRS, fig_closest_pairs
+from medsynth.metrics.evaluate import jsonable as _jsonable
 from medsynth.metrics.fidelity import (
     encoder_fingerprint,
     extract_features,
@@ -578,23 +579,6 @@ def _fig_nn_hist(synth_d: np.ndarray, real_d: np.ndarray, summ: dict, space: str
     return png_bytes(fig)
 
 
-def _fig_pairs(synth: np.ndarray, real: np.ndarray, dists: np.ndarray) -> bytes:
-    n = len(dists)
-    fig = new_figure(1.3 * n + 0.6, 3.2)
-    axes = np.atleast_2d(fig.subplots(2, n, squeeze=False))
-    for j in range(n):
-        for i, (img, lab) in enumerate(((synth[j], "synthetic"), (real[j], "nearest real"))):
-            ax = axes[i, j]
-            ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(lab, fontsize=8)
-        axes[0, j].set_title(f"d={dists[j]:.2f}", fontsize=8)
-    fig.tight_layout()
-    return png_bytes(fig)
-
-
 def _fig_benchmark(summary: list[dict]) -> bytes | None:
     rows = [r for r in summary if "fraction" in r and isinstance(r.get("auroc"), (int, float))]
     if not rows:
@@ -1108,7 +1092,8 @@ def _privacy_section(doc: _Doc, syn_x, real_x, fs, fr, seed: int, max_real_queri
             "Nearest-neighbour distances: synthetic → real training vs real → real (leave-one-out), pixel space.")
     syn_v = _view2d(syn_x[torch.as_tensor(order)])
     real_v = _view2d(real_x[torch.as_tensor(idx_px[order])])
-    doc.img("fig_closest_pairs.png", _fig_pairs(syn_v, real_v, d_px[order]),
+    pairs = fig_closest_pairs(torch.as_tensor(syn_v)[:, None], torch.as_tensor(real_v)[:, None], d_px[order])
+    doc.img("fig_closest_pairs.png", pairs,
             f"The {len(order)} synthetic images closest to a training image (top) and that training image (bottom)"
             + (" — central axial slices." if syn_x.dim() == 5 else "."))
     return {"pixel": s_px, "features": s_ft, "memorisation_flag": bool(flag),
