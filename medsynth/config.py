@@ -97,6 +97,14 @@ class TrainConfig:
         compile: ``torch.compile`` the modules the phases update (``"auto"``: off; small CPU gain
             for minutes of compilation), ``true`` or ``false``.
         fused_adam: Adam's fused kernel (``"auto"``: on where torch has one for the device).
+        dp_noise_multiplier: differentially private training of the discriminator (DP-SGD,
+            ``medsynth/train/dp.py``, needs ``pip install 'medsynth-gan[dp]'``): Gaussian noise std
+            over the clipping norm. ``None`` (and no ``dp_epsilon``) = DP off.
+        dp_epsilon: alternative to ``dp_noise_multiplier``: target epsilon after ``steps``; the
+            noise multiplier is solved for by the accountant.
+        dp_max_grad_norm: per-sample clipping norm C of the discriminator's gradient.
+        dp_delta: delta of the (epsilon, delta) guarantee; ``None`` = 1 / number of training images.
+        dp_accountant: ``"rdp"`` or ``"prv"`` (opacus accountants).
     """
 
     steps: int = 1000
@@ -113,6 +121,11 @@ class TrainConfig:
     channels_last: Any = "auto"
     compile: Any = "auto"
     fused_adam: Any = "auto"
+    dp_noise_multiplier: float | None = None
+    dp_epsilon: float | None = None
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float | None = None
+    dp_accountant: str = "rdp"
 
 
 @dataclass

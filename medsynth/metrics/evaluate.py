@@ -507,6 +507,7 @@ def evaluate_run(
         The path of ``evaluation.json``.
     """
     from medsynth.data.dataset import load_image_set
+    from medsynth.train.dp import describe as describe_dp
     from medsynth.train.loop import load_trained
 
     run_dir = Path(run_dir)
@@ -557,5 +558,5 @@ def evaluate_run(
     ev["fidelity"]["encoder"]["source"] = enc_src
     ev.update({"run": run_dir.resolve().name, "model": cfg.model.name, "step": int(ck.get("step", -1)),
                "real_source": str(real or d.source), "train_split": d.split, "n_synthetic_sampled": int(count),
-               "dp": "not used (medsynth has no differentially private training yet; no epsilon to report)"})
+               "dp": describe_dp(ck.get("dp", {}).get("summary")), "dp_accounting": ck.get("dp", {}).get("summary")})
     return write_evaluation(ev, figs, out_dir)

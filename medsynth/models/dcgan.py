@@ -48,6 +48,32 @@ class DCGANParams(VariantParams):
 class DCGAN(GANVariant):
     """DCGAN: phases D then G, one update each per step; EMA generator for sampling."""
 
+    #: Differentially private training (``medsynth/train/dp.py``): the one phase that reads real
+    #: images. Its D update is DP-SGD; phase G never reads ``batch.images`` (only its size), so it
+    #: sees the data only through D (post-processing).
+    dp_phase = "D"
+
+    @classmethod
+    def dp_params(cls, params: dict) -> dict:
+        """``model.params`` made per-sample clippable for DP training.
+
+        BatchNorm and minibatch-stddev mix the samples of a batch, so one image's gradient would
+        not be its own: DP mode forces ``mbstd: false`` and replaces ``d_norm: batch`` (the presets'
+        recipe) by ``layer`` (GroupNorm, one group); ``instance``/``layer``/``none`` are kept. The
+        change is logged by the caller and recorded in the run's config. ADA raises a one-line
+        error (its ``p`` follows D's outputs on real images outside the DP mechanism).
+        """
+        from medsynth.errors import MedsynthError
+
+        out = dict(params or {})
+        if out.get("augment") == "ada":
+            raise MedsynthError("model.params.augment", "ADA adapts to D's outputs on real images outside DP: "
+                                                        "use none or diffaug for DP training")
+        out["mbstd"] = False
+        if out.get("d_norm", "batch") == "batch":
+            out["d_norm"] = "layer"
+        return out
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.p = DCGANParams.from_dict(cfg.params, "dcgan")

@@ -239,6 +239,11 @@ def train(
     from medsynth.train import distributed as ddp
 
     run_dir = Path(run_dir)
+    from medsynth.train import dp as dpmod
+
+    dp_on = dpmod.dp_requested(cfg.train)  # differentially private D phase (medsynth/train/dp.py)
+    if dp_on:
+        cfg = dpmod.prepare_config(cfg)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(int(tc.threads))
@@ -251,6 +256,10 @@ def train(
                                         "for every image (set model.num_classes=0 for unconditional training)")
     info = ddp.init_from_env()
     speed = resolve_speed(tc, info.local_rank, cfg.model.spatial_dims)
+    if dp_on:
+        if info.enabled:
+            raise MedsynthError("train.dp_noise_multiplier", "differentially private training runs in one process")
+        speed = dpmod.speed_for_dp(speed)
     dev = speed.device
     if info.is_main:
         for note in speed.notes:
@@ -293,6 +302,7 @@ def train(
     if sampler.batch_size % info.world:
         raise MedsynthError("train.batch_size", f"global batch {sampler.batch_size} is not divisible by the "
                                                 f"{info.world} processes")
+    dp = dpmod.DPTraining(tc, model, phases, opts, images.shape[0], sampler.batch_size, expected, dev) if dp_on else None
     images = images.to(dev)
     labels = None if labels is None else labels.to(dev)
     step, seconds_before = 0, 0.0
@@ -303,6 +313,8 @@ def train(
         for name, sd in ck["optimizers"].items():
             opts[name].load_state_dict(sd)
         sampler.load_state_dict(ck["sampler"])
+        if dp is not None:
+            dp.load_state_dict(ck["dp"])
         if scaler is not None and "scaler" in ck:
             scaler.load_state_dict(ck["scaler"])
         _restore_rng(ck, info, dev, tc.seed)
@@ -339,6 +351,9 @@ def train(
             payload["cuda_rng_ranks"] = cuda_rng
         if scaler is not None:
             payload["scaler"] = scaler.state_dict()
+        if dp is not None:
+            payload["dp"] = dp.state_dict()
+            dp.write(run_dir)
         save_checkpoint(ckpt_path, payload)
 
     cpu_twin: list[GANVariant] = []
@@ -361,11 +376,14 @@ def train(
         save_grid(x, run_dir / "samples" / f"step_{step:06d}.png", nrow=8)
 
     def run_phase(ph) -> tuple[Tensor, dict]:
-        idx = ddp.shard(sampler.next(), info)
-        x = images[idx]
-        if speed.channels_last:
-            x = x.contiguous(memory_format=mem_format)
-        batch = Batch(x, None if labels is None else labels[idx])
+        if dp is not None and not dp.is_private(ph):  # DP: phases other than the private one see no data
+            batch = dp.public_batch()
+        else:
+            idx = dp.indices() if dp is not None else ddp.shard(sampler.next(), info)
+            x = images[idx]
+            if speed.channels_last:
+                x = x.contiguous(memory_format=mem_format)
+            batch = Batch(x, None if labels is None else labels[idx])
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, stats = model.loss(ph.name, batch, step)
         return loss, stats
@@ -394,6 +412,8 @@ def train(
             for pid, p in trainable.items():
                 p.requires_grad_(pid in ids)
             for _ in range(ph.repeats):
+                if dp is not None and not dp.begin(ph):  # empty Poisson batch: noise-only update made
+                    continue
                 if speed.compile and ph.name not in eager_phases:
                     try:
                         loss, stats = run_phase(ph)
@@ -421,12 +441,16 @@ def train(
                 else:
                     scaler.step(opts[ph.opt_key])
                     scaler.update()
+                if dp is not None:
+                    dp.after_update(ph)
                 for k, v in stats.items():
                     v = v.detach().float() if isinstance(v, Tensor) else float(v)
                     acc[k] = acc.get(k, 0.0) + v
                     acc_n[k] = acc_n.get(k, 0) + 1
         for p in trainable.values():
             p.requires_grad_(True)
+        if dp is not None:
+            dp.end_step()
         model.on_step_end(step)
         if info.enabled:  # BN running stats, ADA p, schedules: rank 0's values everywhere (as DDP does)
             ddp.broadcast_tensors(list(model.buffers()), info)
@@ -440,7 +464,7 @@ def train(
             line = {"step": step, "kimg": round(step * tc.batch_size / 1000, 3),
                     "seconds": round(seconds_before + now - t0, 3),
                     "img_per_s": round(imgs_seen * info.world / max(now - tick_t, 1e-9), 2),
-                    **{k: round(v, 6) for k, v in means.items()}}
+                    **{k: round(v, 6) for k, v in means.items()}, **({} if dp is None else dp.stats())}
             if info.is_main:
                 with open(run_dir / "stats.jsonl", "a") as fh:
                     fh.write(json.dumps(line) + "\n")
