@@ -372,6 +372,11 @@ def evaluate(
     encoder_steps: int = typer.Option(300, "--encoder-steps", help="steps when the encoder is trained here"),
     repeats: int = typer.Option(5, help="random real/real splits for the floors"),
     n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for attack AUROC CIs"),
+    inception_weights: Optional[Path] = typer.Option(
+        None, "--inception-weights", help="local TorchScript Inception feature network: adds the standard "
+                                          "Inception FID (never downloaded)"),
+    inception_input: str = typer.Option("uint8", "--inception-input",
+                                        help="that network's input range: uint8 (0..255), unit, sym"),
 ):
     """Fidelity (FD, KID, precision/recall, density/coverage, intensity, MS-SSIM diversity, each with a
     real-vs-real floor) and privacy (DCR/NNDR, closest pairs, membership inference with a control)
@@ -380,7 +385,8 @@ def evaluate(
 
     t0 = time.perf_counter()
     path = evaluate_run(run, real=real, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps,
-                        repeats=repeats, n_boot=n_boot)
+                        repeats=repeats, n_boot=n_boot, inception_weights=inception_weights,
+                        inception_input=inception_input)
     typer.echo(f"evaluation ({time.perf_counter() - t0:.0f}s) -> {path} (and evaluation.md)")
 
 

@@ -435,6 +435,11 @@ def evaluation_markdown(ev: dict) -> str:
                  "Feature-space numbers compare only between evaluations with the same fingerprint.")
     flag = ev["privacy"].get("memorisation_flag")
     lines += ["", f"**Memorisation flag: {'YES' if flag else 'no'}** (raised when {ev['privacy'].get('flag_rule')})."]
+    inc = ev["fidelity"].get("inception_fid")
+    if inc:
+        lines += ["", f"Inception FID (user-supplied weights `{Path(inc['weights']).name}`, {inc['feature_dim']} "
+                      f"features, n = {inc['n']}): **{inc['fid']:.2f} ± {inc['fid_sd']:.2f}** against a real-vs-real "
+                      f"floor of {inc['floor']:.2f} ± {inc['floor_sd']:.2f}."]
     if ev.get("dp"):
         lines += ["", f"Differential privacy: {ev['dp']}"]
     for title, header, rows in evaluation_tables(ev):
@@ -488,6 +493,8 @@ def evaluate_run(
     encoder_steps: int = 300,
     repeats: int = 5,
     n_boot: int = 1000,
+    inception_weights: str | Path | None = None,
+    inception_input: str = "uint8",
 ) -> Path:
     """Compute the suite for a run directory and write ``RUN/evaluate/``.
 
@@ -502,6 +509,9 @@ def evaluate_run(
         encoder_steps: encoder training steps when it is trained here.
         repeats: real/real splits for the floors.
         n_boot: bootstrap resamples for attack CIs.
+        inception_weights: optional local TorchScript Inception feature network: adds the
+            standard Inception FID with its real-vs-real floor (:mod:`medsynth.metrics.inception`).
+        inception_input: that network's input range (``uint8``, ``unit`` or ``sym``).
 
     Returns:
         The path of ``evaluation.json``.
@@ -556,6 +566,12 @@ def evaluate_run(
         seed=seed, repeats=repeats, n_boot=n_boot,
     )
     ev["fidelity"]["encoder"]["source"] = enc_src
+    if inception_weights is not None:
+        from medsynth.metrics.inception import inception_fid, load_inception
+
+        res = inception_fid(load_inception(inception_weights), tr.images, syn, input_range=inception_input,
+                            seed=seed, repeats=repeats)
+        ev["fidelity"]["inception_fid"] = {**res, "weights": str(inception_weights)}
     ev.update({"run": run_dir.resolve().name, "model": cfg.model.name, "step": int(ck.get("step", -1)),
                "real_source": str(real or d.source), "train_split": d.split, "n_synthetic_sampled": int(count),
                "dp": describe_dp(ck.get("dp", {}).get("summary")), "dp_accounting": ck.get("dp", {}).get("summary")})
