@@ -165,6 +165,21 @@ class GANVariant(nn.Module):
         return {} if self.augment_pipe is None else self.augment_pipe.stats()
 
     # ---- shared helpers ----------------------------------------------------------------
+    def conditioning(self, batch: Batch) -> tuple[Tensor | None, Tensor]:
+        """``(labels (N,) or None for unconditional models, latents (N, latent_dim))`` for one
+        loss call on ``batch`` (latents on the batch's device)."""
+        labels = batch.labels if self.num_classes > 0 else None
+        return labels, self.latent(batch.images.shape[0], device=batch.images.device)
+
+    def d_stats(self, loss: Tensor, real_logits: Tensor, fake_logits: Tensor, *,
+                probabilities: bool = True) -> dict:
+        """Stats of a D phase as device tensors: its loss, D's mean output on real and on fake
+        images (sigmoid probabilities for logistic losses, raw scores for hinge losses when
+        ``probabilities`` is False) and the augmentation stats."""
+        out = (torch.sigmoid if probabilities else (lambda t: t))
+        return {"loss/D": loss.detach(), "D(real)": out(real_logits).mean().detach(),
+                "D(fake)": out(fake_logits).mean().detach(), **self.augment_stats()}
+
     def latent(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """Standard normal latents ``(n, latent_dim)``."""
         return torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)

@@ -197,16 +197,13 @@ class BigGAN(GANVariant):
         return net(z, labels)
 
     def loss(self, phase: str, batch: Batch, step: int):
-        n = batch.images.shape[0]
-        labels = batch.labels if self.num_classes > 0 else None
-        z = self.latent(n, device=batch.images.device)
+        labels, z = self.conditioning(batch)
         if phase == "D":
             with torch.no_grad():
                 fake = self.G(z, labels)
             real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.hinge_d_loss(real_logits, fake_logits)
-            return loss, {"loss/D": loss.detach(), "D(real)": real_logits.mean().detach(),
-                          "D(fake)": fake_logits.mean().detach(), **self.augment_stats()}
+            return loss, self.d_stats(loss, real_logits, fake_logits, probabilities=False)
         if phase == "G":
             adv = losses.hinge_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
             stats = {"loss/G_adv": adv.detach()}

@@ -116,15 +116,12 @@ class GAN(GANVariant):
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
 
     def loss(self, phase: str, batch: Batch, step: int):
-        n = batch.images.shape[0]
-        labels = batch.labels if self.num_classes > 0 else None
-        z = self.latent(n, device=batch.images.device)
+        labels, z = self.conditioning(batch)
         if phase == "D":
             fake = self.G(z, labels).detach()
             real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
             loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
-            return loss, {"loss/D": loss.detach(), "D(real)": real_logits.sigmoid().mean().detach(),
-                          "D(fake)": fake_logits.sigmoid().mean().detach(), **self.augment_stats()}
+            return loss, self.d_stats(loss, real_logits, fake_logits)
         if phase == "G":
             fake_logits = self.D(self.d_input(self.G(z, labels)), labels)
             if self.p.g_loss == "minimax":

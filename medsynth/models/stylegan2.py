@@ -357,15 +357,13 @@ class StyleGAN2(GANVariant):
 
     def loss(self, phase: str, batch: Batch, step: int):
         n = batch.images.shape[0]
-        labels = batch.labels if self.num_classes > 0 else None
-        z = self.latent(n, device=batch.images.device)
+        labels, z = self.conditioning(batch)
         if phase == "D":
             with torch.no_grad():
                 fake = self.G(z, labels, mix_prob=self.p.style_mixing)
             real_l, fake_l = self.d_outputs(batch.images, fake, labels)
             loss = F.softplus(fake_l).mean() + F.softplus(-real_l).mean()
-            return loss, {"loss/D": loss.detach(), "D(real)": real_l.sigmoid().mean().detach(),
-                          "D(fake)": fake_l.sigmoid().mean().detach(), **self.augment_stats()}
+            return loss, self.d_stats(loss, real_l, fake_l)
         if phase == "Dreg":
             real = batch.images.detach().requires_grad_(True)
             real_l = self.D(self.d_input(real), labels)

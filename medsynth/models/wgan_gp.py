@@ -56,9 +56,7 @@ class WGANGP(GANVariant):
         return self.adversarial_phases(self.p.n_critic)
 
     def loss(self, phase: str, batch: Batch, step: int):
-        n = batch.images.shape[0]
-        labels = batch.labels if self.num_classes > 0 else None
-        z = self.latent(n, device=batch.images.device)
+        labels, z = self.conditioning(batch)
         if phase == "D":
             fake = self.G(z, labels).detach()
             real, fake = self.d_input(batch.images), self.d_input(fake)
