@@ -79,7 +79,10 @@ class TrainConfig:
 
     Attributes:
         steps: number of training steps (one step runs every phase that is due).
-        minutes: optional wall-clock cap; training stops at whichever of steps/minutes comes first.
+        minutes: optional time cap; training stops at whichever of steps/minutes comes first.
+        clock: what ``minutes`` counts: ``"wall"`` (elapsed time) or ``"process"`` (this
+            process's CPU time, all threads: with ``threads=1`` the compute a run received, which
+            other jobs on a shared machine do not eat into; equal-budget comparisons use it).
         batch_size: images per phase update.
         seed: seeds data order, initialisation and noise.
         tick_every: steps between stats lines (``stats.jsonl``).
@@ -109,6 +112,7 @@ class TrainConfig:
 
     steps: int = 1000
     minutes: float | None = None
+    clock: str = "wall"
     batch_size: int = 64
     seed: int = 0
     tick_every: int = 50

@@ -122,3 +122,31 @@ def test_minibatch_stddev_sees_diversity():
     diverse = layer(torch.randn(8, 3, 4, 4))
     assert same.shape == (8, 4, 4, 4)
     assert same[:, -1].abs().max() < 1e-3 < diverse[:, -1].mean()
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_time_cap_stops_training_on_its_clock(clock, tmp_path):
+    x, y = _data()
+    res = train(_cfg(steps=100000, minutes=0.02, clock=clock, checkpoint_every=100000, sample_every=100000), x, y,
+                tmp_path / "r")
+    assert 0 < res.step < 100000
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    spent = ck["cpu_seconds"] if clock == "process" else ck["seconds"]
+    assert 1.2 <= spent < 6.0  # stopped at the 1.2 s cap (plus one step and the final checkpoint)
+    assert ck["cpu_seconds"] > 0
+
+
+def test_process_clock_budget_survives_resume(tmp_path):
+    x, y = _data()
+    cfg = _cfg(steps=100000, minutes=0.02, clock="process", checkpoint_every=100000, sample_every=100000)
+    first = train(cfg, x, y, tmp_path / "r")
+    again = train(cfg, x, y, tmp_path / "r", resume=True)  # budget already spent: at most one more step
+    assert again.step - first.step <= 1
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["cpu_seconds"] >= 1.2
+
+
+def test_unknown_clock_is_rejected(tmp_path):
+    x, y = _data()
+    with pytest.raises(MedsynthError, match="train.clock"):
+        train(_cfg(clock="gpu"), x, y, tmp_path / "r")

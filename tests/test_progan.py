@@ -82,6 +82,23 @@ def test_non_saturating_r1_loss_option():
         build_model(_cfg(loss="hinge").model)
 
 
+def test_lazy_r1_moves_the_penalty_to_a_sparse_phase(tmp_path):
+    m = build_model(_cfg(loss="ns", r1_every=4).model)
+    names = [(p.name, p.every, p.opt_key) for p in m.phases()]
+    assert names == [("D", 1, "D"), ("Dreg", 4, "D"), ("G", 1, "G")]
+    torch.manual_seed(0)
+    batch = Batch(torch.rand(8, 1, 16, 16) * 2 - 1, torch.randint(0, 2, (8,)))
+    _, d_stats = m.loss("D", batch, 0)
+    assert "r1" not in d_stats  # the main D phase has no double backward any more
+    loss, stats = m.loss("Dreg", batch, 0)
+    assert loss.item() == pytest.approx(0.5 * 10.0 * 4 * stats["r1"].item(), rel=1e-5) and loss.item() > 0
+    assert [p.name for p in build_model(_cfg(loss="ns").model).phases()] == ["D", "G"]
+    g = torch.Generator().manual_seed(0)
+    res = train(_cfg(steps=8, loss="ns", r1_every=4), torch.rand(24, 1, 16, 16, generator=g) * 2 - 1,
+                torch.randint(0, 2, (24,), generator=g), tmp_path / "r")
+    assert res.step == 8
+
+
 def test_resume_mid_fade_is_exact(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1

@@ -6,7 +6,9 @@ and adding detail later is what let ProGAN reach 1024² chest X-rays in the lite
 the early low-resolution stages are also very cheap.
 
 Recipe (as in the paper): equalised learning rate (weights N(0, 1) scaled at run time by He's
-constant), pixel-wise feature normalisation in G, a minibatch-standard-deviation channel in D,
+constant), pixel-wise feature normalisation in G, a minibatch-standard-deviation channel in D
+(taken within each class when class-conditional, so a generator collapsed to one image per class
+is visible),
 WGAN-GP loss with drift penalty ``1e-3 * E[D(real)^2]`` and one critic step per G step (or the
 non-saturating loss with R1, ``params.loss: ns``). Each new resolution is faded in linearly over
 ``fade_fraction`` of its stage (``alpha`` 0 -> 1) while the real images are faded identically
@@ -69,11 +71,14 @@ class ProGenerator(nn.Module):
     """
 
     def __init__(self, latent_dim: int, chans: list[int], out_channels: int = 1, num_classes: int = 0,
-                 spatial_dims: int = 2):
+                 spatial_dims: int = 2, cond: str = "embed"):
         super().__init__()
+        if cond not in ("embed", "onehot"):
+            raise ValueError(f"progan: g_cond must be 'embed' or 'onehot', got {cond!r}")
         d = self.spatial_dims = spatial_dims
-        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes > 0 else None
-        in_dim = latent_dim * (2 if num_classes > 0 else 1)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes > 0 and cond == "embed" else None
+        in_dim = latent_dim + (0 if num_classes == 0 else latent_dim if cond == "embed" else num_classes)
         c0 = chans[0]
         self.seed_shape = (c0,) + (4,) * d
         self.fc = EqualizedLinear(in_dim, c0 * 4**d, gain=math.sqrt(2) / 4)
@@ -89,10 +94,11 @@ class ProGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None, stage: int, alpha: float) -> Tensor:
         z = pixel_norm(z)
-        if self.embed is not None:
+        if self.num_classes > 0:
             if labels is None:
                 raise ValueError("this generator is class-conditional: labels are required")
-            z = torch.cat([z, pixel_norm(self.embed(labels))], dim=1)
+            c = pixel_norm(self.embed(labels)) if self.embed is not None else F.one_hot(labels, self.num_classes)
+            z = torch.cat([z, c.to(z.dtype)], dim=1)
         x = self._act(self.fc(z).view(z.shape[0], *self.seed_shape))
         x = self._act(self.conv0(x))
         prev = x
@@ -140,7 +146,7 @@ class ProDiscriminator(nn.Module):
                 h = torch.lerp(F.leaky_relu(self.from_rgb[stage - 1](down2(x)), 0.2), h, alpha)
             for k in range(stage - 1, 0, -1):
                 h = self._block(k, h)
-        h = F.leaky_relu(self.conv_last(self.mbstd(h)), 0.2)
+        h = F.leaky_relu(self.conv_last(self.mbstd(h, labels if self.embed is not None else None)), 0.2)
         h = F.leaky_relu(self.fc(h.flatten(1)), 0.2)
         score = self.out(h).squeeze(1)
         if self.embed is not None:
@@ -163,10 +169,15 @@ class ProGANParams(VariantParams):
         gp_weight: gradient-penalty weight (``wgan_gp``).
         drift_weight: weight of ``E[D(real)^2]`` (``wgan_gp``).
         r1_gamma: R1 weight gamma (``ns``; penalty ``gamma/2 * ||grad D(real)||^2``).
+        r1_every: ``ns`` only: 1 = R1 in every D update; ``k > 1`` = lazy R1 as in StyleGAN2, a
+            separate phase ``Dreg`` every ``k`` steps sharing D's optimiser, weighted by ``k``
+            (the double backward is the costliest part of a step on a CPU).
         kimg_per_stage: thousands of real images shown to D per resolution stage (the paper used
             600-800; 20-30 suits a CPU run of a few minutes per stage).
         fade_fraction: fraction of each stage (after the first) spent fading the new layers in.
         mbstd_group: minibatch-stddev group size.
+        g_cond: how G sees the class: ``"embed"`` (a learned embedding, pixel-normalised,
+            concatenated to z) or ``"onehot"`` (the one-hot label concatenated to z).
     """
 
     loss: str = "wgan_gp"
@@ -174,9 +185,11 @@ class ProGANParams(VariantParams):
     gp_weight: float = 10.0
     drift_weight: float = 1e-3
     r1_gamma: float = 10.0
+    r1_every: int = 1
     kimg_per_stage: float = 30.0
     fade_fraction: float = 0.5
     mbstd_group: int = 4
+    g_cond: str = "embed"
 
 
 @register_model("progan")
@@ -188,12 +201,14 @@ class ProGAN(GANVariant):
         self.p = ProGANParams.from_dict(cfg.params, "progan")
         if self.p.loss not in ("wgan_gp", "ns"):
             raise ValueError(f"progan: params.loss must be 'wgan_gp' or 'ns', got {self.p.loss!r}")
+        if self.p.r1_every < 1:
+            raise ValueError("progan: r1_every must be >= 1")
         if self.p.kimg_per_stage <= 0 or not 0.0 <= self.p.fade_fraction <= 1.0:
             raise ValueError("progan: kimg_per_stage must be > 0 and fade_fraction in [0, 1]")
         d = cfg.spatial_dims
         self.chans = progan_channels(cfg.size, cfg.width)
         self.max_stage = len(self.chans) - 1
-        self.G = ProGenerator(cfg.latent_dim, self.chans, cfg.channels, cfg.num_classes, d)
+        self.G = ProGenerator(cfg.latent_dim, self.chans, cfg.channels, cfg.num_classes, d, self.p.g_cond)
         self.D = ProDiscriminator(self.chans, cfg.channels, cfg.num_classes, d, self.p.mbstd_group)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
@@ -230,8 +245,16 @@ class ProGAN(GANVariant):
             self.set_stage(stage, alpha)
 
     # ---- contract -----------------------------------------------------------------------------
+    @property
+    def lazy_r1(self) -> bool:
+        return self.p.loss == "ns" and self.p.r1_every > 1
+
     def phases(self) -> list[Phase]:
-        return self.adversarial_phases(self.p.n_critic)
+        out = self.adversarial_phases(self.p.n_critic)
+        if self.lazy_r1:
+            d = out[0]
+            out.insert(1, Phase("Dreg", ("D",), d.lr, d.betas, every=self.p.r1_every, optimizer="D"))
+        return out
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
         """Images at the current resolution, nearest-upsampled to ``cfg.size``: ``(N, C, *S)``."""
@@ -272,6 +295,11 @@ class ProGAN(GANVariant):
                 gp = losses.gradient_penalty(D, real_a, fake_a.detach())
                 loss = w + self.p.gp_weight * gp + self.p.drift_weight * losses.drift_penalty(real_s)
                 stats.update({"loss/D": loss.detach(), "wasserstein": -w.detach(), "gp": gp.detach()})
+            elif self.lazy_r1:
+                real_s = self.d_real(D(self.d_input(real)))
+                fake_s = D(self.d_input(fake))
+                loss = F.softplus(fake_s).mean() + F.softplus(-real_s).mean()
+                stats["loss/D"] = loss.detach()
             else:
                 real_in = real.detach().requires_grad_(True)
                 real_s = self.d_real(D(self.d_input(real_in)))
@@ -281,6 +309,11 @@ class ProGAN(GANVariant):
                 loss = F.softplus(fake_s).mean() + F.softplus(-real_s).mean() + 0.5 * self.p.r1_gamma * r1
                 stats.update({"loss/D": loss.detach(), "r1": r1.detach()})
             return loss, {**stats, **self.augment_stats()}
+        if phase == "Dreg":
+            real_in = self.fade_real(batch.images).detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(D(self.d_input(real_in)).sum(), real_in, create_graph=True)
+            r1 = grad.flatten(1).pow(2).sum(1).mean()
+            return r1 * (0.5 * self.p.r1_gamma * self.p.r1_every), {"r1": r1.detach()}
         if phase == "G":
             fake_s = D(self.d_input(self.G(z, labels, stage, alpha)))
             loss = losses.wgan_g_loss(fake_s) if self.p.loss == "wgan_gp" else F.softplus(-fake_s).mean()

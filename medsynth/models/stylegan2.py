@@ -16,7 +16,8 @@ Architecture (skip generator, residual discriminator, as in the paper's config E
       measured 1.15-1.4x faster to train on CPU;
     * discriminator: fromRGB, residual blocks ``(conv, down, conv) + (down, 1x1)`` scaled by
       ``1/sqrt(2)`` (the second conv runs after the down-sampling, cheaper on CPU), minibatch
-      stddev, conv, dense, dense, and a projection term ``<embed(y), h>`` when conditional.
+      stddev (within each class when conditional), conv, dense, dense, and a projection term
+      ``<embed(y), h>`` when conditional.
 Channels: ``min(channel_cap, width * size / r)`` at resolution ``r`` (64², width 16: 256, 128,
 64, 32, 16 from 4² to 64²; 33 img/s training on 2 CPU cores in cpu-sizing.md).
 
@@ -264,7 +265,7 @@ class StyleDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         h = self.blocks(_act(self.from_rgb(x)))
-        h = _act(self.conv(self.mbstd(h)))
+        h = _act(self.conv(self.mbstd(h, labels if self.embed is not None else None)))
         h = _act(self.fc(h.flatten(1)))
         logit = self.out(h).squeeze(1)
         if self.embed is not None:

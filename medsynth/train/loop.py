@@ -305,7 +305,10 @@ def train(
     dp = dpmod.DPTraining(tc, model, phases, opts, images.shape[0], sampler.batch_size, expected, dev) if dp_on else None
     images = images.to(dev)
     labels = None if labels is None else labels.to(dev)
-    step, seconds_before = 0, 0.0
+    if tc.clock not in ("wall", "process"):
+        raise MedsynthError("train.clock", f"must be 'wall' or 'process', got {tc.clock!r}")
+    budget_clock = time.process_time if tc.clock == "process" else time.perf_counter
+    step, seconds_before, cpu_before = 0, 0.0, 0.0
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         ck = load_checkpoint(ckpt_path)
@@ -319,6 +322,7 @@ def train(
             scaler.load_state_dict(ck["scaler"])
         _restore_rng(ck, info, dev, tc.seed)
         step, seconds_before = int(ck["step"]), float(ck["seconds"])
+        cpu_before = float(ck.get("cpu_seconds", 0.0))
         if info.is_main:
             _truncate_stats(run_dir / "stats.jsonl", step)
             log.info("resumed %s at step %d", run_dir, step)
@@ -342,6 +346,7 @@ def train(
         payload = {
             "model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in opts.items()},
             "step": step, "seconds": seconds_before + (time.perf_counter() - t0),
+            "cpu_seconds": cpu_before + (time.process_time() - c0),
             "sampler": sampler.state_dict(), "rng": rng[0], "config": cfg.to_dict(),
             "speed": speed.as_dict() | {"world_size": info.world},
         }
@@ -388,8 +393,9 @@ def train(
             loss, stats = model.loss(ph.name, batch, step)
         return loss, stats
 
-    t0 = time.perf_counter()
-    deadline = None if tc.minutes is None else t0 + 60.0 * float(tc.minutes) - seconds_before
+    t0, c0 = time.perf_counter(), time.process_time()
+    spent = seconds_before if tc.clock == "wall" else cpu_before
+    deadline = None if tc.minutes is None else budget_clock() + 60.0 * float(tc.minutes) - spent
     bar = None
     if progress and info.is_main:
         from tqdm import tqdm
@@ -404,7 +410,7 @@ def train(
     eager_phases: set[str] = set()
     if step == 0:
         grid()
-    while step < tc.steps and not _stop(deadline, info, dev):
+    while step < tc.steps and not _stop(deadline, budget_clock, info, dev):
         for ph in phases:
             if step % ph.every:
                 continue
@@ -463,6 +469,7 @@ def train(
             means = _tick_means(acc, acc_n, info, dev)
             line = {"step": step, "kimg": round(step * tc.batch_size / 1000, 3),
                     "seconds": round(seconds_before + now - t0, 3),
+                    "cpu_seconds": round(cpu_before + time.process_time() - c0, 3),
                     "img_per_s": round(imgs_seen * info.world / max(now - tick_t, 1e-9), 2),
                     **{k: round(v, 6) for k, v in means.items()}, **({} if dp is None else dp.stats())}
             if info.is_main:
@@ -496,13 +503,13 @@ def _eager(compiled: bool):
     return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
 
 
-def _stop(deadline: float | None, info, dev: torch.device) -> bool:
-    """Whether the wall-clock cap is reached (all ranks agree, so none waits on a finished peer)."""
+def _stop(deadline: float | None, clock, info, dev: torch.device) -> bool:
+    """Whether the time cap is reached on ``clock`` (all ranks agree, so none waits on a finished peer)."""
     if deadline is None:
         return False
     from medsynth.train.distributed import any_rank
 
-    return any_rank(time.perf_counter() >= deadline, info, dev)
+    return any_rank(clock() >= deadline, info, dev)
 
 
 def _check_finite(ok: bool, loss: Tensor, ph, step: int, info, dev, checkpoint, run_dir: Path) -> None:
