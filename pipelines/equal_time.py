@@ -192,8 +192,7 @@ def markdown(res: dict) -> str:
            f"{floor['mean']:.1f} ± {floor['sd']:.1f}. Command: `{res['command']}`.", "",
            "| arm | steps | G kimg | G img/CPU-s | FD | FD vs " + ref + " | KID | precision | recall | density "
            "| coverage | MS-SSIM (real " + (f"{rows[0]['ms_ssim_real']:.3f}" if rows else "") + ") | memorised | grid |",
-           "| --- | " * 14 + "|"]
-    out[-1] = "|" + " --- |" * 14
+           "|" + " --- |" * 14]
     for r in rows:
         if refd is not None and r is not refd:
             diff = r["fd"]["mean"] - refd["fd"]["mean"]
@@ -226,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--count", type=int, default=500)
     ap.add_argument("--reference", default=None, help="arm the FDs are compared with (default: the first)")
     ap.add_argument("--runs", default=None, help="run directories (default: runs/equal_time/<out name>)")
+    ap.add_argument("--train-only", action="store_true", help="train the arms, score nothing (queue runs "
+                    "while another invocation trains; a last invocation with every arm scores them)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         run_dirs = dict(zip(args.arms, pool.map(lambda a: train_arm(a, args, runs), args.arms)))
+    if args.train_only:
+        return {"runs": {a: str(r) for a, r in run_dirs.items()}}
 
     from medsynth.metrics.evaluate import evaluate_run
 

@@ -1,0 +1,68 @@
+"""pipelines/equal_time.py: arm parsing, resumable scoring and the results table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipelines import equal_time as et
+
+
+def test_arm_parsing():
+    assert et.parse_arm("stylegan2") == ("stylegan2", None)
+    assert et.parse_arm("progan:diffaug") == ("progan", "diffaug")
+    for bad in ("dcgan:flip", ":ada", ""):
+        with pytest.raises(ValueError, match="arm"):
+            et.parse_arm(bad)
+
+
+def test_train_command_sets_the_process_clock_and_augment(tmp_path):
+    class A:
+        modality, data, minutes, max_steps, seed, set = "ct", "/d/lidc", 6.0, 10**7, 0, ["train.batch_size=16"]
+
+    cmd = et.train_command("dcgan:ada", A, tmp_path, None)
+    sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
+    assert sets == ["train.clock=process", "train.threads=1", "train.batch_size=16", "model.params.augment=ada"]
+    assert cmd[cmd.index("--model") + 1] == "dcgan" and cmd[cmd.index("--data") + 1] == "/d/lidc"
+    resumed = et.train_command("dcgan", A, tmp_path, tmp_path / "00000-ct-dcgan")
+    assert "--resume" in resumed and "--model" not in resumed
+    assert not any(s.startswith("model.params.augment") for s in resumed)
+
+
+def _row(arm, fd):
+    ms = {"mean": 0.5, "sd": 0.1}
+    return {"arm": arm, "steps": 10, "kimg_g": 0.64, "g_img_per_cpu_s": 50.0, "fd": {"mean": fd, "sd": 1.0},
+            "fd_floor": {"mean": 5.0, "sd": 1.0}, "kid": ms, "precision": ms, "recall": ms, "density": ms,
+            "coverage": ms, "ms_ssim_synthetic": 0.1, "ms_ssim_real": 0.05, "dcr_frac_below_real_p1": 0.02}
+
+
+def test_markdown_compares_every_arm_with_the_reference():
+    res = {"data": "default", "modality": "xray", "size": 64, "minutes": 6.0, "jobs": 2, "count": 500,
+           "encoder_fingerprint": "abc", "command": "python -m pipelines.equal_time", "reference": "dcgan",
+           "machine": "x", "torch": "2", "date": "2026-11-27", "arms": [_row("dcgan", 40.0), _row("stylegan2:ada", 30.0)]}
+    md = et.markdown(res)
+    assert "| stylegan2:ada |" in md and "-10.0 (-25 %)" in md and "reference" in md
+    assert md.count("\n| ") == 4  # header, separator, 2 arms
+
+
+def test_scored_evaluation_is_reused_only_with_the_same_encoder(tmp_path):
+    from medsynth.metrics.fidelity import encoder_fingerprint, save_encoder, train_feature_encoder
+
+    enc = train_feature_encoder(torch.rand(16, 1, 16, 16) * 2 - 1, seed=0, steps=2)
+    save_encoder(enc, tmp_path / "enc.pt")
+
+    class A:
+        count, seed = 500, 0
+
+    ev = {"step": 7, "n_synthetic_sampled": 500, "seed": 0,
+          "fidelity": {"encoder": {"fingerprint": encoder_fingerprint(enc)}}}
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(ev))
+    assert et._evaluated_with(path, tmp_path / "enc.pt", A, 7)
+    assert not et._evaluated_with(path, tmp_path / "enc.pt", A, 8)  # trained further since
+    ev["fidelity"]["encoder"]["fingerprint"] = "other"
+    path.write_text(json.dumps(ev))
+    assert not et._evaluated_with(path, tmp_path / "enc.pt", A, 7)
+    assert not et._evaluated_with(tmp_path / "missing.json", tmp_path / "enc.pt", A, 7)
