@@ -12,6 +12,12 @@ Arms (all trained with the same seed, the same real patient subset and the same 
 ``synthetic-only``          the same synthetic draw as ``real+synthetic`` alone (train on
                             synthetic, test on real); model selection still uses the *real*
                             validation split
+``real+extra``              the real subset plus every *extra* image whose source patient is
+                            in that subset (e.g. CycleGAN lesion insertion: nodule-free
+                            training films translated into nodule-bearing ones; see
+                            ``pipelines/lesion_insertion.py``). Only with ``extra=``; extra
+                            images must belong to training patients, so they follow their
+                            patient's subset and never cross a split.
 =========================== ===============================================================
 
 Protocol (one call of :func:`run_benchmark`):
@@ -76,6 +82,7 @@ __all__ = [
     "ARM_AUG",
     "ARM_CLASSIC_AUG",
     "ARM_SYN_ONLY",
+    "ARM_EXTRA",
     "ALL_ARMS",
     "METRICS",
     "BenchmarkResult",
@@ -93,7 +100,10 @@ ARM_CLASSIC = "real+classic"
 ARM_AUG = "real+synthetic"
 ARM_CLASSIC_AUG = "real+classic+synthetic"
 ARM_SYN_ONLY = "synthetic-only"
+ARM_EXTRA = "real+extra"
+#: the arms a synthetic set allows (``real+extra`` needs an ``extra`` set and comes on its own)
 ALL_ARMS = (ARM_REAL, ARM_CLASSIC, ARM_AUG, ARM_CLASSIC_AUG, ARM_SYN_ONLY)
+_ARM_ORDER = ALL_ARMS + (ARM_EXTRA,)
 _SYN_ARMS = (ARM_AUG, ARM_CLASSIC_AUG, ARM_SYN_ONLY)
 _CLASSIC_ARMS = (ARM_CLASSIC, ARM_CLASSIC_AUG)
 
@@ -180,7 +190,7 @@ class BenchmarkResult:
         rows: one dict per (arm, fraction, seed): ``arm, fraction, seed, n_patients_real,
             n_train_real, n_train_synthetic, n_val, n_test, epochs_run, best_epoch, threshold,
             auroc, sens_at_90spec, spec_at_90sens, sensitivity, specificity, seconds,
-            seconds_per_epoch``.
+            seconds_per_epoch`` (``n_train_synthetic`` counts extra images in ``real+extra``).
         summary: one dict per (arm, fraction): seed-ensemble figures ``<metric>`` with
             ``<metric>_lo/_hi`` (patient bootstrap 95 % CI) for every metric in
             :data:`METRICS`, ``threshold``, ``<metric>_seed_mean`` / ``<metric>_seed_sd``,
@@ -288,25 +298,55 @@ def _scores(y, p, thr) -> dict:
     }
 
 
-def _resolve_arms(arms, has_synthetic: bool) -> list[str]:
+def _resolve_arms(arms, has_synthetic: bool, has_extra: bool = False) -> list[str]:
     if arms is None:
-        return list(ALL_ARMS if has_synthetic else (ARM_REAL, ARM_CLASSIC))
+        arms = list(ALL_ARMS if has_synthetic else (ARM_REAL, ARM_CLASSIC))
+        return arms + [ARM_EXTRA] if has_extra else arms
     arms = list(dict.fromkeys(arms))
-    unknown = [a for a in arms if a not in ALL_ARMS]
+    unknown = [a for a in arms if a not in _ARM_ORDER]
     if unknown:
         raise MedsynthError(None, f"unknown benchmark arm(s) {', '.join(unknown)}; "
-                                  f"choose from {', '.join(ALL_ARMS)}")
+                                  f"choose from {', '.join(_ARM_ORDER)}")
     if not has_synthetic and any(a in _SYN_ARMS for a in arms):
         raise MedsynthError(None, "benchmark arms with synthetic data need a synthetic set")
+    if not has_extra and ARM_EXTRA in arms:
+        raise MedsynthError(None, f"benchmark arm {ARM_EXTRA} needs an extra image set")
     if ARM_REAL not in arms:
         arms.insert(0, ARM_REAL)  # the reference of every paired test
-    return sorted(arms, key=ALL_ARMS.index)
+    return sorted(arms, key=_ARM_ORDER.index)
+
+
+def _check_extra(extra, images: torch.Tensor, pids: np.ndarray, splits: np.ndarray):
+    """Validate an ``extra`` set; return ``(images, labels, patient ids)``.
+
+    Every extra image must carry the id of a patient of the real *training* split (its source
+    patient), so that it is used only when that patient is, and can never bring a validation
+    or test patient into training.
+    """
+    x = torch.as_tensor(extra.images, dtype=torch.float32)
+    if x.shape[1:] != images.shape[1:]:
+        raise MedsynthError(None, f"extra images {tuple(x.shape[1:])} do not match real "
+                                  f"{tuple(images.shape[1:])}")
+    y = np.asarray(extra.labels).astype(np.int64).reshape(-1)
+    if len(y) != len(x) or not np.isin(y, (0, 1)).all():
+        raise MedsynthError(None, "extra labels must be 0 or 1, one per image")
+    epids = np.asarray(list(map(str, extra.patient_ids)))
+    train_pids = set(pids[splits == "train"])
+    outside = sorted(set(epids) - train_pids)
+    if outside:
+        raise MedsynthError(None, f"extra images of {len(outside)} patient(s) outside the real "
+                                  f"training split (e.g. {', '.join(outside[:3])})")
+    esplits = getattr(extra, "splits", None)
+    if esplits is not None and any(s != "train" for s in esplits):
+        raise MedsynthError(None, "extra images must all be in the 'train' split")
+    return x, y, epids
 
 
 def run_benchmark(
     real,
     synthetic=None,
     *,
+    extra=None,
     arms=None,
     fractions=(0.1, 0.25, 1.0),
     seeds=(0, 1, 2, 3, 4),
@@ -325,8 +365,14 @@ def run_benchmark(
             optional: without it the last epoch and threshold 0.5 are used).
         synthetic: optional ``ImageSet`` of generated images with the same image shape and
             labels in ``{0, 1}`` (both classes); only used for training.
-        arms: arm names from :data:`ALL_ARMS`; ``None`` = all five with ``synthetic``, else
-            ``real`` and ``real+classic``. ``real`` is always added (the paired reference).
+        extra: optional ``ImageSet`` of extra training images for the ``real+extra`` arm
+            (labels in ``{0, 1}``, any mix), each with the ``patient_ids`` of its *source*
+            patient in the real training split and ``splits`` ``"train"``; per fraction and
+            seed the arm adds those whose patient is in the real subset (all of them, not a
+            draw).
+        arms: arm names from :data:`ALL_ARMS` or ``real+extra``; ``None`` = all five with
+            ``synthetic``, else ``real`` and ``real+classic``, plus ``real+extra`` with
+            ``extra``. ``real`` is always added (the paired reference).
         fractions: fractions of the real training *patients* to use.
         seeds: one training run (and one patient subsample) per seed; >= 5 recommended.
         epochs: training epochs per run (raised so that each run makes at least
@@ -363,7 +409,9 @@ def run_benchmark(
         raise MedsynthError(None, "real set: benchmark labels must be 0 or 1 (found unknown -1)")
     if len(np.unique(labels[te])) < 2 or len(np.unique(labels[tr])) < 2:
         raise MedsynthError(None, "real set: train and test splits need both classes")
-    arms = _resolve_arms(arms, synthetic is not None)
+    arms = _resolve_arms(arms, synthetic is not None, extra is not None)
+    if extra is not None:
+        ex_images, ex_labels, ex_pids = _check_extra(extra, images, pids, np.asarray(real.splits))
     if synthetic is not None:
         syn_images = torch.as_tensor(synthetic.images, dtype=torch.float32)
         if syn_images.shape[1:] != images.shape[1:]:
@@ -411,6 +459,11 @@ def run_benchmark(
                     parts_x.append(syn_images[s_idx])
                     parts_y.append(syn_labels[s_idx])
                     n_syn = len(s_idx)
+                if arm == ARM_EXTRA:
+                    e_idx = np.flatnonzero(np.isin(ex_pids, pids[real_idx]))
+                    parts_x.append(ex_images[e_idx])
+                    parts_y.append(ex_labels[e_idx])
+                    n_syn = len(e_idx)
                 x_tr, y_tr = torch.cat(parts_x), np.concatenate(parts_y)
                 steps_per_epoch = max(1, math.ceil(len(y_tr) / batch_size))
                 n_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
@@ -500,6 +553,7 @@ def run_benchmark(
         "classifier_kwargs": {k: (v if isinstance(v, (int, float, str, bool, type(None)))
                                   else repr(v)) for k, v in kw.items()},
         "n_synthetic_available": None if synthetic is None else int(len(synthetic.labels)),
+        "n_extra_available": None if extra is None else int(len(ex_labels)),
         "classic_augmentation": "MONAI RandFlipd (every axis) + RandAffined (rot ~15 deg, "
                                 "scale 10 %, shift 2 px), p=0.5 each",
         "aggregation": "seed ensemble (mean probability); patient-cluster bootstrap CI; "
@@ -559,7 +613,8 @@ def _plot(result: BenchmarkResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
     summ = pd.DataFrame(result.summary)
     runs = pd.DataFrame(result.rows)
-    colors = dict(zip(ALL_ARMS, ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple")))
+    colors = dict(zip(_ARM_ORDER, ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple",
+                                   "tab:brown")))
     for arm, g in summ.groupby("arm", sort=False):
         g = g.sort_values("fraction")
         c = colors.get(arm)
