@@ -1,0 +1,87 @@
+"""pipelines/cogan_pairs.py: the unpaired image/mask set and the alignment metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth.data.dataset import load_image_set
+from medsynth.errors import MedsynthError
+from pipelines.cogan_pairs import (
+    bootstrap_ci,
+    mask_contrast,
+    mask_stats,
+    shuffled_contrast,
+    unpaired_split,
+    write_unpaired_npz,
+)
+
+
+def _toy_pairs(n=24, size=16, seed=0):
+    """Images with a bright disc at a random place on a noisy dark background, and the disc's mask."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images = -0.6 + 0.05 * torch.randn(n, 1, size, size, generator=g)
+    masks = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        cy, cx = torch.randint(3, size - 3, (2,), generator=g).tolist()
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 2
+        masks[i, 0][disc] = 1.0
+        images[i, 0][disc] = 0.6
+    return images, masks
+
+
+def test_unpaired_split_never_pairs_a_patient_with_itself():
+    pids = [f"P{i // 2:03d}" for i in range(41)]  # 21 patients, most with 2 rows
+    a, b = unpaired_split(pids, seed=3)
+    assert len(a) + len(b) == len(pids) and not set(a) & set(b)
+    pa, pb = {pids[i] for i in a}, {pids[i] for i in b}
+    assert not pa & pb and pa | pb == set(pids)
+    assert abs(len(pa) - len(pb)) <= 1
+    a2, _ = unpaired_split(pids, seed=4)
+    assert not np.array_equal(a, a2)  # the seed matters
+    with pytest.raises(MedsynthError, match="2 patients"):
+        unpaired_split(["P0", "P0"])
+
+
+def test_unpaired_npz_round_trips_through_the_data_layer(tmp_path):
+    images, masks = _toy_pairs(n=6, size=16)
+    images = images.clamp(-1, 1)
+    pids = [f"P{i}" for i in range(6)]
+    a, b = unpaired_split(pids, seed=0)
+    path = write_unpaired_npz(tmp_path / "u.npz", images, masks, pids, a, b)
+    ims = load_image_set(path, modality="ct", size=16, split="train", ct_window="lung")
+    assert ims.labels.tolist() == [0] * len(a) + [1] * len(b)
+    assert torch.allclose(ims.images[: len(a)], images[a], atol=1e-5)
+    dom2 = ims.images[len(a):]
+    assert set(dom2.unique().tolist()) == {-1.0, 1.0}  # masks come back exactly -1/+1
+    assert torch.equal(dom2 > 0, masks[b] > 0)
+    # patient ids keep which half each row came from, and no patient is in both
+    assert {p.split("/")[0] for p in ims.patient_ids[: len(a)]}.isdisjoint(
+        {p.split("/")[0] for p in ims.patient_ids[len(a):]})
+    with pytest.raises(MedsynthError, match="share a patient"):
+        write_unpaired_npz(tmp_path / "bad.npz", images, masks, pids, a, np.r_[b, a[:1]])
+
+
+def test_alignment_metric_high_for_true_pairs_near_zero_for_shuffled():
+    images, masks = _toy_pairs(n=32, size=16)
+    aligned = mask_contrast(images, masks, ring=2)
+    assert np.all(aligned > 1.0)  # 0.6 inside vs. about -0.6 (plus some disc edge) around
+    shuffled = shuffled_contrast(images, masks, k=8, ring=2, seed=0)
+    assert abs(np.nanmean(shuffled)) < 0.25
+    diff = bootstrap_ci(aligned - shuffled, seed=0)
+    assert diff["lo"] > 1.0 and diff["n"] == 32
+    # a shuffle that keeps each image's own mask is not a control: same as aligned
+    assert np.allclose(mask_contrast(images, masks[torch.arange(32)]), aligned)
+
+
+def test_alignment_metric_empty_masks_and_stats():
+    images, masks = _toy_pairs(n=4, size=16)
+    masks[1] = 0
+    c = mask_contrast(images, masks)
+    assert np.isnan(c[1]) and np.isfinite(c[[0, 2, 3]]).all()
+    s = mask_stats(masks)
+    assert s["frac_empty"] == 0.25 and s["n"] == 4
+    assert s["area_p5_25_50_75_95"][-1] == 9.0  # a radius-sqrt(2) disc: a 3x3 block
+    assert bootstrap_ci(np.array([np.nan]))["n"] == 0
