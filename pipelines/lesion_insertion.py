@@ -507,6 +507,49 @@ def run_pipeline(real, model, out_dir: str | Path, *, fractions=(0.25, 1.0), see
     return result
 
 
+def positive_fidelity(encoder, real, sets: dict[str, torch.Tensor], *, repeats: int = 5, seed: int = 0) -> dict:
+    """Fréchet distance of image sets to the real nodule-bearing training images, on one encoder.
+
+    Protocol (as ``medsynth evaluate``, at the size the positives allow): the real label-1 training
+    images are split at random into halves A and B of ``h`` images; every set is subsampled to ``h``
+    and compared with A, and B against A gives the real-vs-real floor at the same ``h`` (FD is biased
+    upward at small ``n``, so only figures at one ``h`` compare). Mean ± sd over ``repeats`` splits.
+
+    Args:
+        encoder: feature encoder (:func:`medsynth.metrics.fidelity.load_encoder`).
+        real: ``ImageSet`` with splits and labels.
+        sets: name -> images ``(N, C, H, W)`` in [-1, 1] (e.g. translated positives, their nodule-free
+            sources, a generator's class-1 samples).
+
+    Returns:
+        ``{"h": h, "floor": {mean, sd}, "sets": {name: {mean, sd, n}}}``.
+    """
+    from medsynth.metrics.fidelity import extract_features, frechet_distance
+
+    splits, y = np.asarray(real.splits), np.asarray(real.labels).reshape(-1)
+    keep = np.flatnonzero((splits == "train") & (y == 1))
+    pos = torch.as_tensor(real.images, dtype=torch.float32)[torch.as_tensor(keep)]
+    h = min(len(pos) // 2, *(len(v) for v in sets.values()))
+    if h < 10:
+        raise MedsynthError(None, f"positive_fidelity: only {h} images per half; too few for a Fréchet distance")
+    f_pos = extract_features(encoder, pos)
+    f_sets = {k: extract_features(encoder, torch.as_tensor(v, dtype=torch.float32)) for k, v in sets.items()}
+    rng = np.random.default_rng(seed)
+    floor, out = [], {k: [] for k in sets}
+    for _ in range(repeats):
+        perm = rng.permutation(len(pos))
+        a, b = f_pos[perm[:h]], f_pos[perm[h:2 * h]]
+        floor.append(frechet_distance(b, a))
+        for k, f in f_sets.items():
+            out[k].append(frechet_distance(f[rng.choice(len(f), h, replace=False)], a))
+
+    def ms(v):
+        return {"mean": float(np.mean(v)), "sd": float(np.std(v))}
+
+    return {"h": int(h), "repeats": repeats, "floor": ms(floor),
+            "sets": {k: {**ms(v), "n": int(len(f_sets[k]))} for k, v in out.items()}}
+
+
 def _check_reading(chk: dict) -> str:
     """One sentence on whether the out-of-fold classifier sees an inserted lesion."""
     d = chk["score_change"]
@@ -719,6 +762,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-classic", action="store_true", help="leave out the real+classic context arm")
     ap.add_argument("--no-control", action="store_true", help="leave out the oversampled-positives control")
     ap.add_argument("--notes", default=None, help="Markdown file appended to the README's reading")
+    ap.add_argument("--fidelity-encoder", default=None,
+                    help="only score fidelity: FD of the translated positives (and their sources, and "
+                         "--compare-run's class-1 samples) to the real positives on this saved encoder -> "
+                         "OUT/fidelity.json; nothing else is rerun")
+    ap.add_argument("--compare-run", default=None, help="a class-conditional generator run for --fidelity-encoder")
     ap.add_argument("--out", default=str(ROOT / "reports" / "lesion_insertion"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -744,9 +792,31 @@ def main(argv: list[str] | None = None) -> dict:
     _, model, _ = load_trained(run)
     real = load_image_set(data, modality=cfg.data.modality, size=cfg.data.size, spatial_dims=cfg.data.spatial_dims,
                           ct_window=cfg.data.ct_window, split=None)
-    fractions = tuple(float(f) for f in args.fractions.split(","))
     cmd = "OMP_NUM_THREADS=1 python -m pipelines.lesion_insertion " + " ".join(
         argv if argv is not None else sys.argv[1:])
+    if args.fidelity_encoder:
+        from medsynth.metrics.fidelity import encoder_fingerprint, load_encoder
+
+        enc = load_encoder(args.fidelity_encoder)
+        translated, src_idx = translate_negatives(model, real)
+        sets = {"cyclegan a2b (translated negatives)": translated.images,
+                "nodule-free sources (before translation)":
+                    torch.as_tensor(real.images, dtype=torch.float32)[torch.as_tensor(src_idx)]}
+        if args.compare_run:
+            _, gen, _ = load_trained(args.compare_run)
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                sets[f"{gen.registry_name} class 1 samples ({Path(args.compare_run).name})"] = gen.sample(
+                    500, labels=torch.ones(500, dtype=torch.long), generator=g).float().clamp(-1, 1)
+        res = {"format": "medsynth-positive-fidelity/1", "command": cmd, "cyclegan_run": describe_run(run, cfg),
+               "encoder": {"path": args.fidelity_encoder, "fingerprint": encoder_fingerprint(enc)},
+               **positive_fidelity(enc, real, sets)}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(args.out) / "fidelity.json", json.dumps(res, indent=1) + "\n")
+        for k, v in res["sets"].items():
+            log.info("FD to real positives: %s %.1f ± %.1f (floor %.1f)", k, v["mean"], v["sd"], res["floor"]["mean"])
+        return res
+    fractions = tuple(float(f) for f in args.fractions.split(","))
     res = run_pipeline(real, model, args.out, fractions=fractions, seeds=tuple(range(args.seeds)),
                        epochs=args.epochs, min_steps=args.min_steps, n_boot=args.n_boot,
                        check_epochs=args.check_epochs, write_dir=args.write, run_info=describe_run(run, cfg),

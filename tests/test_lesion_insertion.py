@@ -139,3 +139,24 @@ def test_main_refuses_a_cyclegan_trained_beyond_the_training_split(tmp_path):
     save_config(_cfg(split=None), run / "config.yaml")
     with pytest.raises(MedsynthError, match="training-split"):
         main(["--run", str(run), "--out", str(tmp_path / "out")])
+
+
+def test_positive_fidelity_ranks_sets_by_closeness_to_real_positives():
+    from types import SimpleNamespace
+
+    from medsynth.metrics.fidelity import train_feature_encoder
+    from pipelines.lesion_insertion import positive_fidelity
+
+    g = torch.Generator().manual_seed(0)
+    n = 80
+    pos = torch.rand(n, 1, 16, 16, generator=g) * 0.5 + 0.3  # bright
+    neg = torch.rand(n, 1, 16, 16, generator=g) * 0.5 - 0.8  # dark
+    real = SimpleNamespace(images=torch.cat([pos, neg]), labels=torch.cat([torch.ones(n), torch.zeros(n)]).long(),
+                           splits=["train"] * (2 * n))
+    enc = train_feature_encoder(real.images, seed=0, steps=30)
+    like_pos = torch.rand(60, 1, 16, 16, generator=g) * 0.5 + 0.3
+    like_neg = torch.rand(60, 1, 16, 16, generator=g) * 0.5 - 0.8
+    res = positive_fidelity(enc, real, {"pos-like": like_pos, "neg-like": like_neg}, repeats=3)
+    assert res["h"] == 40  # half of the 80 real positives
+    assert res["sets"]["pos-like"]["mean"] < res["sets"]["neg-like"]["mean"]
+    assert res["sets"]["neg-like"]["mean"] > 5 * res["floor"]["mean"]
