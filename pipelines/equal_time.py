@@ -10,7 +10,7 @@ real training images, saved as ``OUT/encoder.pt``, fingerprint in the results), 
 distances compare: FD (mean ± sd over 5 real/synthetic splits) beside the real-vs-real floor,
 KID, precision/recall/density/coverage, MS-SSIM diversity and the memorisation figure (fraction of
 synthetic images nearer a training image than the real 1st percentile of real-to-real distances).
-Each arm's sample grid (64 images from the EMA generator, fixed seed, classes alternating) is
+Each arm's sample grid (32 images from the EMA generator, fixed seed, classes alternating) is
 written to ``OUT/grid_<arm>.png``.
 
 An arm is ``model`` (its preset as is) or ``model:augment`` with ``augment`` one of ``none``,
@@ -174,9 +174,9 @@ def write_grid(run: Path, path: Path, seed: int) -> None:
     from medsynth.train.loop import load_trained
 
     _, model, _ = load_trained(run)
-    labels = (torch.arange(64) % model.num_classes) if model.num_classes > 0 else None
+    labels = (torch.arange(32) % model.num_classes) if model.num_classes > 0 else None
     with torch.no_grad():
-        x = model.sample(64, labels=labels, generator=torch.Generator().manual_seed(seed)).float().clamp(-1, 1)
+        x = model.sample(32, labels=labels, generator=torch.Generator().manual_seed(seed)).float().clamp(-1, 1)
     save_grid(x, path, nrow=8)
 
 
@@ -187,7 +187,8 @@ def markdown(res: dict) -> str:
     out = [f"# Equal-budget comparison: {res['data']} ({res['modality']}, {res['size']}²)", "",
            f"Each arm trained for **{res['minutes']:g} CPU-minutes on one core** (`train.clock=process`, "
            f"`train.threads=1`), {res['jobs']} at a time, then scored by `medsynth evaluate` with one shared "
-           f"encoder (fingerprint `{res['encoder_fingerprint']}`); {res['count']} synthetic images per arm. "
+           f"encoder (fingerprint `{res['encoder_fingerprint']}`; `encoder.pt`, kept out of git); {res['count']} "
+           f"synthetic images per arm. "
            f"FD: mean ± sd over 5 real/synthetic splits; real-vs-real floor "
            f"{floor['mean']:.1f} ± {floor['sd']:.1f}. Command: `{res['command']}`.", "",
            "| arm | steps | G kimg | G img/CPU-s | FD | FD vs " + ref + " | KID | precision | recall | density "

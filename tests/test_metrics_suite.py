@@ -344,3 +344,21 @@ def test_evaluate_sets_3d_ct_volumes():
     assert inten["synthetic"]["w1"]["mean"] > 150 > 10 * inten["floor"]["w1"]["mean"]
     assert ev["fidelity"]["diversity_ms_ssim"]["settings"]["kernel_size"] == 3
     assert "fig_closest_pairs.png" in figs
+
+
+def test_discriminator_scores_route_two_domain_images_to_their_head():
+    from medsynth.config import resolve
+    from medsynth.models.registry import build_model
+
+    cfg = resolve(base={"model": {"name": "cogan", "width": 4, "latent_dim": 16, "num_classes": 2},
+                        "data": {"size": 16, "spatial_dims": 2}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    x = torch.rand(10, 1, 16, 16) * 2 - 1
+    y = torch.tensor([0, 1] * 5)
+    s = discriminator_scores(model, x, y, batch_size=10)  # one batch: D has a batch statistic (mbstd)
+    model.eval()
+    with torch.no_grad():
+        for dom in (0, 1):
+            direct = model.D(x[y == dom], dom).reshape(5, -1).mean(1).double().numpy()
+            assert np.allclose(s[(y == dom).numpy()], direct, atol=1e-5)

@@ -149,14 +149,16 @@ def discriminator_scores(model: nn.Module, images, labels=None, *, batch_size: i
         MedsynthError: the variant has no discriminator of that form (e.g. CycleGAN's two
             domain discriminators, ProGAN's staged D), or labels are missing/unknown.
     """
-    d = getattr(model, "D", None)
-    if not isinstance(d, nn.Module):
-        raise MedsynthError("model", f"{type(model).__name__} has no single discriminator `D`")
-    params = [p for p in inspect.signature(d.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(params) > 2 and any(p.default is inspect.Parameter.empty for p in params[2:]):
-        raise MedsynthError("model", f"{type(model).__name__}.D needs more than (images, labels); "
-                                     "discriminator attack not supported for this variant")
+    d = getattr(model, "d_logits", None)  # a variant whose D is not D(images, labels) may provide one
+    if d is None:
+        d = getattr(model, "D", None)
+        if not isinstance(d, nn.Module):
+            raise MedsynthError("model", f"{type(model).__name__} has no single discriminator `D`")
+        params = [p for p in inspect.signature(d.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(params) > 2 and any(p.default is inspect.Parameter.empty for p in params[2:]):
+            raise MedsynthError("model", f"{type(model).__name__}.D needs more than (images, labels); "
+                                         "discriminator attack not supported for this variant")
     x = torch.as_tensor(images).detach().to(torch.float32).cpu()
     n = len(x)
     conditional = int(getattr(model, "num_classes", 0)) > 0

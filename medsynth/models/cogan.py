@@ -175,6 +175,16 @@ class CoGAN(GANVariant):
         return self.generator(ema)(z, labels)
 
     @torch.no_grad()
+    def d_logits(self, x: Tensor, labels: Tensor) -> Tensor:
+        """D's logits ``(N,)`` for images ``(N, C, *S)`` of domains ``labels`` ``(N,)``: each image
+        is scored by its domain's head (membership inference calls this)."""
+        out = x.new_zeros(x.shape[0], dtype=torch.float32)
+        for dom in (0, 1):
+            sel = labels == dom
+            if bool(sel.any()):
+                out[sel] = self.D(x[sel], dom).reshape(int(sel.sum()), -1).mean(1).float()
+        return out
+
     def sample_pairs(self, n: int, *, generator: torch.Generator | None = None,
                      ema: bool = True) -> tuple[Tensor, Tensor]:
         """``n`` aligned pairs from the same latents: two ``(n, C, *S)`` tensors in [-1, 1]
