@@ -69,11 +69,14 @@ def _data_source(source: str) -> str:
     return str(default_data()) if source in ("", "default") else source
 
 
-def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_window: Any, split: str | None):
-    from medsynth.data.dataset import load_image_set
+def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_window: Any, split: str | None,
+              domain_b: str | None = None):
+    from medsynth.data.dataset import load_image_set, load_two_domains
 
-    return load_image_set(_data_source(source), modality=modality, size=size, spatial_dims=spatial_dims,
-                          split=split, ct_window=ct_window)
+    kw = dict(modality=modality, size=size, spatial_dims=spatial_dims, split=split, ct_window=ct_window)
+    if domain_b is not None:
+        return load_two_domains(_data_source(source), _data_source(domain_b), **kw)
+    return load_image_set(_data_source(source), **kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +98,9 @@ def train(
     preset: Optional[Path] = typer.Option(None, help="YAML preset (default: pipelines/<modality>_<model>.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="override any setting: --set model.width=16"),
     resume: Optional[Path] = typer.Option(None, help="continue this run directory exactly from its last checkpoint"),
+    domain_a: Optional[str] = typer.Option(None, "--domain-a", help="two-domain variants (cyclegan, cogan): "
+                                           "domain A's folder/manifest (label 0); with --domain-b"),
+    domain_b: Optional[str] = typer.Option(None, "--domain-b", help="domain B's folder/manifest (label 1)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a generator. Writes runs/NNNNN-<modality>-<model>/ (config, stats, grids, checkpoints)."""
@@ -124,6 +130,13 @@ def train(
                 base[section][key] = value
         if conditional is not None:
             base["model"]["num_classes"] = 2 if conditional else 0
+        if (domain_a is None) != (domain_b is None):
+            raise MedsynthError("--domain-a/--domain-b", "give both domains (or neither)")
+        if domain_a is not None:
+            if data != "default":
+                raise MedsynthError("--data", "give either --data or --domain-a/--domain-b, not both")
+            base["data"].update(source=domain_a, domain_b=domain_b)
+            base["model"]["num_classes"] = 2
         cfg = C.resolve(preset=preset_path, overrides=set_, base=base)
         if cfg.data.source in ("", "default"):
             cfg.data.source = str(default_data())
@@ -131,7 +144,7 @@ def train(
     d = cfg.data
     t0 = time.perf_counter()
     ds = _load_set(d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
-                   ct_window=d.ct_window, split=d.split)
+                   ct_window=d.ct_window, split=d.split, domain_b=d.domain_b)
     labels = ds.labels if cfg.model.num_classes > 0 else None
     typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {d.source} "
                f"(split {d.split}) in {time.perf_counter() - t0:.1f}s", err=True)
@@ -351,7 +364,7 @@ def report(
     cfg, model, _ = load_trained(run)
     d = cfg.data
     real_set = _load_set(real or d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
-                         ct_window=d.ct_window, split="train")
+                         ct_window=d.ct_window, split="train", domain_b=None if real else d.domain_b)
     labels = (torch.arange(count) % model.num_classes) if model.num_classes > 0 else None
     syn = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
     bdir = benchmark_dir or (run / "benchmark")

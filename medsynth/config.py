@@ -33,6 +33,9 @@ class DataConfig:
         spatial_dims: 2 (radiographs, CT slices) or 3 (CT volumes).
         ct_window: CT window name (``"lung"``, ``"mediastinal"``) or ``[centre, width]`` in HU.
         split: which split to train on (``"train"``; ``None`` = all rows).
+        domain_b: two-domain variants (CycleGAN, CoGAN) from two sources: ``source`` is domain A
+            (label 0) and ``domain_b`` domain B (label 1), whatever labels the files carry
+            (``medsynth train --domain-a DIR --domain-b DIR``). ``None``: one source, its labels.
     """
 
     source: str = "default"
@@ -41,6 +44,7 @@ class DataConfig:
     spatial_dims: int = 2
     ct_window: Any = "lung"
     split: str | None = "train"
+    domain_b: str | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medsynth.cli import app
+from medsynth.errors import MedsynthError
 
 runner = CliRunner()
 
@@ -136,6 +137,36 @@ def test_cyclegan_translates_a_folder(tmp_path):
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "tr" / "manifest.csv")
     assert len(df) == len(list(png_dir.glob("*.png"))) and set(df["label"]) == {1}
+
+
+def test_cyclegan_trains_on_two_domain_folders(tmp_path):
+    import shutil
+
+    from medsynth.cli import default_data
+    from medsynth.config import load_config
+    from medsynth.data.dataset import load_two_domains
+
+    df = pd.read_csv(default_data())
+    rows = df[(df["modality"] == "xray") & (df["format"] == "png") & (df["split"] == "train")]
+    root = default_data().parent
+    for lab, name in ((0, "a"), (1, "b")):
+        (tmp_path / name).mkdir()
+        for p in rows[rows["label"] == lab]["path"].head(6):  # the folders carry no labels at all
+            shutil.copy(root / p, tmp_path / name)
+    r = invoke("train", "--modality", "xray", "--model", "cyclegan", "--domain-a", tmp_path / "a", "--domain-b",
+               tmp_path / "b", "--size", "16", "--steps", "2", "--set", "model.width=4", "--out", tmp_path / "runs",
+               "--no-progress")
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs").glob("*-xray-cyclegan"))
+    cfg = load_config(run / "config.yaml")
+    assert cfg.data.source == str(tmp_path / "a") and cfg.data.domain_b == str(tmp_path / "b")
+    ds = load_two_domains(tmp_path / "a", tmp_path / "b", modality="xray", size=16)
+    assert ds.labels.tolist() == [0] * 6 + [1] * 6
+    r = invoke("train", "--model", "cyclegan", "--domain-a", tmp_path / "a", "--out", tmp_path / "r2")
+    assert r.exit_code == 2 and "both" in r.output
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedsynthError, match="empty"):  # one line naming the folder
+        load_two_domains(tmp_path / "a", tmp_path / "empty", modality="xray", size=16)
 
 
 def test_cogan_pairs_and_truncation_errors(tmp_path):

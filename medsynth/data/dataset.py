@@ -141,6 +141,32 @@ class _Item:
 
 
 # ----------------------------------------------------------------------------- public entry
+def load_two_domains(source_a: str | Path, source_b: str | Path, **kwargs) -> "ImageSet":
+    """Two unpaired domains from two sources as one set: A's images labelled 0, B's labelled 1.
+
+    Args:
+        source_a, source_b: anything :func:`load_image_set` reads (folder, manifest, ``.npz``).
+        **kwargs: :func:`load_image_set` arguments, applied to both.
+
+    Returns:
+        ``ImageSet`` with A's rows first; the files' own labels are replaced by the domain.
+
+    Raises:
+        MedsynthError: a domain has no images (naming it).
+    """
+    sets = []
+    for name, src in (("--domain-a", source_a), ("--domain-b", source_b)):
+        s = load_image_set(src, **kwargs)
+        if len(s) == 0:
+            raise MedsynthError(name, f"no images in {src} (split {kwargs.get('split')})")
+        sets.append(s)
+    a, b = sets
+    return ImageSet(images=torch.cat([a.images, b.images]),
+                    labels=torch.cat([torch.zeros(len(a), dtype=torch.long), torch.ones(len(b), dtype=torch.long)]),
+                    patient_ids=list(a.patient_ids) + list(b.patient_ids), paths=list(a.paths) + list(b.paths),
+                    splits=list(a.splits) + list(b.splits), modality=a.modality)
+
+
 def load_image_set(
     source: str | Path,
     *,

@@ -516,7 +516,7 @@ def evaluate_run(
     Returns:
         The path of ``evaluation.json``.
     """
-    from medsynth.data.dataset import load_image_set
+    from medsynth.data.dataset import load_image_set, load_two_domains
     from medsynth.train.dp import describe as describe_dp
     from medsynth.train.loop import load_trained
 
@@ -525,8 +525,9 @@ def evaluate_run(
         raise MedsynthError(run_dir, "no config.yaml: not a medsynth run directory")
     cfg, model, ck = load_trained(run_dir)
     d = cfg.data
-    ds = load_image_set(real or d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
-                        split=None, ct_window=d.ct_window)
+    kw = dict(modality=d.modality, size=d.size, spatial_dims=d.spatial_dims, split=None, ct_window=d.ct_window)
+    ds = (load_two_domains(d.source, d.domain_b, **kw) if real is None and d.domain_b is not None
+          else load_image_set(real or d.source, **kw))
     if d.split is None:
         train_mask = np.ones(len(ds), dtype=bool)
     else:
