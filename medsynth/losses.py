@@ -54,6 +54,17 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
+def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+    """R1 ``E[||grad D(x)||^2]`` on real images (Mescheder et al. 2018), unweighted.
+
+    Args:
+        real_logits: D's outputs ``(N,)`` computed from ``real``.
+        real: ``(N, C, *S)`` images with ``requires_grad`` set before D saw them.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
+
+
 # ---- hinge, least-squares, minimax, cycle / identity, orthogonal regularisation ----------------
 
 

@@ -39,12 +39,14 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from pipelines.runs import checkpoint_info, train_to_budget
+from pipelines.runs import train_command as train_command_for
 
 log = logging.getLogger(__name__)
 
@@ -64,59 +66,26 @@ def arm_dir(runs: Path, arm: str) -> Path:
     return runs / arm.replace(":", "_")
 
 
-def find_run(parent: Path) -> Path | None:
-    """The (single) run directory under ``parent``, or None."""
-    runs = sorted(p for p in parent.glob("*") if (p / "config.yaml").is_file()) if parent.is_dir() else []
-    return runs[-1] if runs else None
+def _new_args(arm: str, args) -> list[str]:
+    model, _ = parse_arm(arm)
+    out = ["--modality", args.modality, "--model", model, "--seed", str(args.seed)]
+    return out + (["--data", args.data] if args.data != "default" else [])
 
 
-def checkpoint_info(run: Path) -> dict | None:
-    ck = run / "checkpoints" / "last.pt"
-    if not ck.is_file():
-        return None
-    d = torch.load(ck, map_location="cpu", weights_only=True)
-    return {"step": int(d["step"]), "seconds": float(d["seconds"]), "cpu_seconds": float(d.get("cpu_seconds", 0.0))}
+def _sets(arm: str, args) -> list[str]:
+    _, aug = parse_arm(arm)
+    return [*args.set, *([f"model.params.augment={aug}"] if aug is not None else [])]
 
 
 def train_command(arm: str, args, parent: Path, resume: Path | None) -> list[str]:
-    model, aug = parse_arm(arm)
-    sets = ["train.clock=process", "train.threads=1", *args.set]
-    if aug is not None:
-        sets.append(f"model.params.augment={aug}")
-    if resume is not None:
-        cmd = [sys.executable, "-m", "medsynth.cli", "train", "--resume", str(resume), "--minutes", str(args.minutes),
-               "--steps", str(args.max_steps)]
-    else:
-        cmd = [sys.executable, "-m", "medsynth.cli", "train", "--modality", args.modality, "--model", model,
-               "--minutes", str(args.minutes), "--steps", str(args.max_steps), "--seed", str(args.seed),
-               "--out", str(parent)]
-        if args.data != "default":
-            cmd += ["--data", args.data]
-    cmd += ["--no-progress"]
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd
+    """The ``medsynth train`` argv of ``arm`` (new run under ``parent``, or ``--resume``)."""
+    return train_command_for(parent, resume, _new_args(arm, args), minutes=args.minutes, max_steps=args.max_steps,
+                             sets=_sets(arm, args))
 
 
 def train_arm(arm: str, args, runs: Path) -> Path:
-    parent = arm_dir(runs, arm)
-    run = find_run(parent)
-    info = checkpoint_info(run) if run is not None else None
-    if info is not None and info["cpu_seconds"] >= 60.0 * args.minutes - 1.0:
-        log.info("%s: finished (%d steps), skipped", arm, info["step"])
-        return run
-    parent.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(arm, args, parent, run if info is not None else None)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log.info("%s: %s", arm, " ".join(cmd))
-    with open(parent / "train.log", "a") as fh:
-        res = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if res.returncode:
-        raise RuntimeError(f"{arm}: training failed (exit {res.returncode}); see {parent / 'train.log'}")
-    run = find_run(parent)
-    if run is None:
-        raise RuntimeError(f"{arm}: no run directory under {parent}")
-    return run
+    return train_to_budget(arm_dir(runs, arm), _new_args(arm, args), minutes=args.minutes, max_steps=args.max_steps,
+                           sets=_sets(arm, args), name=arm)
 
 
 def _stats_tail(run: Path) -> dict:

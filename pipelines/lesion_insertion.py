@@ -49,8 +49,6 @@ import argparse
 import datetime as _dt
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +58,7 @@ import torch
 
 from medsynth.atomic import atomic_path, write_text
 from medsynth.errors import MedsynthError
+from pipelines.runs import checkpoint_info, train_to_budget
 
 log = logging.getLogger(__name__)
 
@@ -687,47 +686,10 @@ def markdown(res: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # training
 
-def find_run(parent: Path) -> Path | None:
-    """The newest run directory (with a ``config.yaml``) under ``parent``, or None."""
-    runs = sorted(p for p in parent.glob("*") if (p / "config.yaml").is_file()) if parent.is_dir() else []
-    return runs[-1] if runs else None
-
-
-def checkpoint_info(run: Path) -> dict | None:
-    """``{"step", "seconds", "cpu_seconds"}`` of a run's last checkpoint, or None."""
-    ck = run / "checkpoints" / "last.pt"
-    if not ck.is_file():
-        return None
-    d = torch.load(ck, map_location="cpu", weights_only=True)
-    return {"step": int(d["step"]), "seconds": float(d["seconds"]), "cpu_seconds": float(d.get("cpu_seconds", 0.0))}
-
-
 def train_cyclegan(runs: Path, *, minutes: float, data: str, max_steps: int, seed: int) -> Path:
     """Train (or resume, or reuse) the CycleGAN under ``runs`` with ``medsynth train``."""
-    run = find_run(runs)
-    info = checkpoint_info(run) if run is not None else None
-    if info is not None and info["cpu_seconds"] >= 60.0 * minutes - 1.0:
-        log.info("cyclegan: finished run %s (%d steps), reused", run, info["step"])
-        return run
-    runs.mkdir(parents=True, exist_ok=True)
-    sets = ["--set", "train.clock=process", "--set", "train.threads=1", "--no-progress"]
-    if info is not None:
-        cmd = [sys.executable, "-m", "medsynth.cli", "train", "--resume", str(run), "--minutes", str(minutes),
-               "--steps", str(max_steps)]
-    else:
-        cmd = [sys.executable, "-m", "medsynth.cli", "train", "--modality", "xray", "--model", "cyclegan",
-               "--data", data, "--minutes", str(minutes), "--steps", str(max_steps), "--seed", str(seed),
-               "--out", str(runs)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log.info("cyclegan: %s", " ".join(cmd + sets))
-    with open(runs / "train.log", "a") as fh:
-        res = subprocess.run(cmd + sets, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if res.returncode:
-        raise RuntimeError(f"cyclegan training failed (exit {res.returncode}); see {runs / 'train.log'}")
-    run = find_run(runs)
-    if run is None:
-        raise RuntimeError(f"no run directory under {runs}")
-    return run
+    return train_to_budget(runs, ["--modality", "xray", "--model", "cyclegan", "--data", data, "--seed", str(seed)],
+                           minutes=minutes, max_steps=max_steps, sets=[], name="cyclegan")
 
 
 def describe_run(run: Path, cfg) -> dict:

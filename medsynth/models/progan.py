@@ -307,15 +307,13 @@ class ProGAN(GANVariant):
                 real_in = real.detach().requires_grad_(True)
                 real_s = self.d_real(D(self.d_input(real_in)))
                 fake_s = D(self.d_input(fake))
-                (grad,) = torch.autograd.grad(real_s.sum(), real_in, create_graph=True)
-                r1 = grad.flatten(1).pow(2).sum(1).mean()
+                r1 = losses.r1_penalty(real_s, real_in)
                 loss = F.softplus(fake_s).mean() + F.softplus(-real_s).mean() + 0.5 * self.p.r1_gamma * r1
                 stats.update({"loss/D": loss.detach(), "r1": r1.detach()})
             return loss, {**stats, **self.augment_stats()}
         if phase == "Dreg":
             real_in = self.fade_real(batch.images).detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(D(self.d_input(real_in)).sum(), real_in, create_graph=True)
-            r1 = grad.flatten(1).pow(2).sum(1).mean()
+            r1 = losses.r1_penalty(D(self.d_input(real_in)), real_in)
             return r1 * (0.5 * self.p.r1_gamma * self.p.r1_every), {"r1": r1.detach()}
         if phase == "G":
             fake_s = D(self.d_input(self.G(z, labels, stage, alpha)))

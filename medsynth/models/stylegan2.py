@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medsynth import losses
 from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
 from medsynth.models.layers import MinibatchStdDev, num_doublings
 from medsynth.models.layers import EqualizedConv, EqualizedLinear, down2, pixel_norm
@@ -368,8 +369,7 @@ class StyleGAN2(GANVariant):
         if phase == "Dreg":
             real = batch.images.detach().requires_grad_(True)
             real_l = self.D(self.d_input(real), labels)
-            (grad,) = torch.autograd.grad(real_l.sum(), real, create_graph=True)
-            r1 = grad.flatten(1).pow(2).sum(1).mean()
+            r1 = losses.r1_penalty(real_l, real)
             loss = r1 * (0.5 * self.r1_gamma(n) * self.p.r1_every)
             return loss, {"r1": r1.detach()}
         if phase == "G":
