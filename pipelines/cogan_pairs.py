@@ -27,12 +27,23 @@ augment segmentation training sets.
    (aligned - shuffled). Also the mask area distribution (pixels, connected components) of
    generated vs. real masks.
 
-Run: ``python -m pipelines.cogan_pairs [--minutes 6] [--seed 0] [--set KEY=VALUE]... [--run RUN_DIR]
-[--out DIR]``; writes ``DIR/{pairs.png, real_pairs.png, results.json}`` (default
-``reports/cogan_pairs``). ``--run`` skips training and evaluates an existing run. The committed
-runs (preset, DiffAugment, 6 and 20 CPU minutes) and their reading are in
-``reports/cogan_pairs/README.md``: at 6 minutes the preset collapses and no configuration tried
-aligns; at 20 minutes with DiffAugment a small alignment signal appears.
+Sources and pairings: the phantom slices of a manifest (default) or, with ``--lidc DIR``, the real
+LIDC-IDRI axial nodule slices (one random ``--size`` crop per nodule, split by patient). Domain 2
+(``--pair``): the nodule ``mask`` (default), the ``segmented`` nodule (the slice inside its mask,
+-1 outside; the generated mask is where it exceeds ``--segmented-threshold``), or, LIDC only, the
+mediastinal ``window`` of the slices, scored by :func:`window_error` (the mediastinal rendering a
+lung-window image determines, compared with the generated one; 0 for a real slice). Every run
+also records :func:`head_channel_use`: whether the two private generator heads read the same
+shared channels.
+
+Run: ``python -m pipelines.cogan_pairs [--lidc DIR] [--pair mask|segmented|window] [--minutes 6]
+[--seed 0] [--set KEY=VALUE]... [--run RUN_DIR] [--out DIR]``; writes ``DIR/{pairs.png,
+real_pairs.png, results.json}`` (default ``reports/cogan_pairs``). ``--run`` skips training and
+evaluates an existing run. The committed runs and their reading are in
+``reports/cogan_pairs/README.md``. No configuration tried aligned the pairs:
+* on the phantom, none aligned at 6 minutes, and a small signal appeared at 20 minutes with
+  DiffAugment;
+* on LIDC, every run paired mismatched content, and its heads read disjoint shared channels.
 """
 
 from __future__ import annotations
@@ -103,6 +114,55 @@ def load_real_pairs(manifest: str | Path, *, split: str = "train", size: int = 6
     return {"images": torch.stack(images).float(), "masks": torch.stack(masks).float(), "patient_ids": pids}
 
 
+def load_lidc_pairs(root: str | Path, *, size: int = 32, seed: int = 0, window: str = "lung") -> dict:
+    """Real LIDC-IDRI nodule slices with their nodule masks, one random ``size``² crop per nodule.
+
+    ``nodules_axial_50px.npz`` (1 mm pixels) is centred on each nodule; a crop at a random offset
+    (seeded) puts the nodule anywhere within the central ``50 - size`` px, so a mask's position is
+    informative (a shuffled mask of another crop lies elsewhere) and its size and shape too.
+
+    Args:
+        root: the ``lidc_nodules`` folder (``nodules_axial_50px.npz``, ``labels.csv``).
+        size: crop side (<= 50; a power of two for the GAN).
+        seed: crop offsets.
+        window: CT window for the images.
+
+    Returns:
+        As :func:`load_real_pairs`: ``images`` (N, 1, size, size) in [-1, 1], ``masks`` in {0, 1},
+        ``patient_ids`` (``lidc_patient_id``); plus ``mediastinal``, the same crops in the
+        mediastinal window (N, 1, size, size) in [-1, 1].
+
+    Raises:
+        MedsynthError: missing files or columns, or ``size`` > 50.
+    """
+    import pandas as pd
+
+    from medsynth.data.windows import hu_to_unit
+
+    root = Path(root)
+    npz_path, csv_path = root / "nodules_axial_50px.npz", root / "labels.csv"
+    for f in (npz_path, csv_path):
+        if not f.is_file():
+            raise MedsynthError(f, "not found (expected the lidc_nodules folder)")
+    with np.load(npz_path) as z:
+        hu, mk = z["images"].astype(np.float32), z["masks"] > 0
+    table = pd.read_csv(csv_path)
+    if "lidc_patient_id" not in table.columns or len(table) != len(hu):
+        raise MedsynthError(csv_path, f"needs a lidc_patient_id column and {len(hu)} rows")
+    side = hu.shape[-1]
+    if size > side:
+        raise MedsynthError(None, f"crop size {size} exceeds the {side}-px LIDC slices")
+    off = np.random.default_rng(seed).integers(0, side - size + 1, size=(len(hu), 2))
+    images = np.stack([hu[i, y:y + size, x:x + size] for i, (y, x) in enumerate(off)])
+    masks = np.stack([mk[i, y:y + size, x:x + size] for i, (y, x) in enumerate(off)])
+    log.info("%d real LIDC image/mask pairs, %d-px crops", len(images), size)
+    crops = torch.from_numpy(images)[:, None].double()
+    return {"images": hu_to_unit(crops, window).float(), "mediastinal": hu_to_unit(crops, "mediastinal").float(),
+            "masks": torch.from_numpy(masks)[:, None].float(),
+            # 2 rows lack a patient id: their scan (series_uid) stands in, so they stay on one side.
+            "patient_ids": [str(v) for v in table["lidc_patient_id"].fillna(table["series_uid"])]}
+
+
 def unpaired_split(patient_ids: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split rows by patient into an image half and a mask half (disjoint patient sets).
 
@@ -127,20 +187,22 @@ def unpaired_split(patient_ids: list[str], seed: int = 0) -> tuple[np.ndarray, n
     return rows[in_first], rows[~in_first]
 
 
-def write_unpaired_npz(path: str | Path, images: torch.Tensor, masks: torch.Tensor, patient_ids: list[str],
-                       image_rows: np.ndarray, mask_rows: np.ndarray, *, window: str = "lung") -> Path:
+def write_unpaired_npz(path: str | Path, images: torch.Tensor, second: torch.Tensor, patient_ids: list[str],
+                       image_rows: np.ndarray, mask_rows: np.ndarray, *, window: str = "lung",
+                       second_name: str = "mask") -> Path:
     """Write the two-domain unpaired set as an ``.npz`` that ``medsynth train --data`` reads as CT.
 
-    Domain 1 (label 0) = ``images[image_rows]``; domain 2 (label 1) = ``masks[mask_rows]`` mapped
-    0/1 -> -1/+1. Every row is stored as lung-window HU (``unit_to_hu``) so the standard CT
+    Domain 1 (label 0) = ``images[image_rows]``; domain 2 (label 1) = ``second[mask_rows]`` (a
+    nodule mask as -1/+1, or the mediastinal-window rendering). Every row is stored as lung-window HU (``unit_to_hu``) so the standard CT
     pipeline with the same window and size returns the ``[-1, 1]`` arrays unchanged.
 
     Args:
         path: output ``.npz``.
         images: ``(N, 1, S, S)`` in [-1, 1].
-        masks: ``(N, 1, S, S)`` in {0, 1}.
+        second: ``(N, 1, S, S)`` in [-1, 1], the domain-2 rendering of each row.
         patient_ids: N ids.
         image_rows, mask_rows: rows of each domain (see :func:`unpaired_split`).
+        second_name: suffix of domain 2's ids (``<patient>/<second_name>``).
         window: the CT window training will use.
 
     Returns:
@@ -151,13 +213,14 @@ def write_unpaired_npz(path: str | Path, images: torch.Tensor, masks: torch.Tens
 
     if set(patient_ids[i] for i in image_rows) & set(patient_ids[i] for i in mask_rows):
         raise MedsynthError(None, "image and mask halves share a patient: the set would not be unpaired")
-    x = torch.cat([images[image_rows], masks[mask_rows] * 2.0 - 1.0])[:, 0]
+    x = torch.cat([images[image_rows], second[mask_rows]])[:, 0]
     hu = unit_to_hu(x.double(), window).float().numpy()
     labels = np.r_[np.zeros(len(image_rows)), np.ones(len(mask_rows))].astype(np.int64)
-    pids = np.array([f"{patient_ids[i]}/image" for i in image_rows] + [f"{patient_ids[i]}/mask" for i in mask_rows])
+    pids = np.array([f"{patient_ids[i]}/image" for i in image_rows] + [f"{patient_ids[i]}/{second_name}" for i in mask_rows])
     with atomic_path(path, ".npz.tmp") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, images=hu, labels=labels, patient_ids=pids, splits=np.array(["train"] * len(labels)))
-    log.info("wrote %s: %d images (domain 1) + %d masks (domain 2)", path, len(image_rows), len(mask_rows))
+    log.info("wrote %s: %d images (domain 1) + %d %s (domain 2)", path, len(image_rows), len(mask_rows),
+             second_name)
     return Path(path)
 
 
@@ -277,7 +340,118 @@ def summarise(name: str, aligned: np.ndarray, shuffled: np.ndarray, *, seed: int
             "aligned_minus_shuffled": bootstrap_ci(aligned - shuffled, seed=seed)}
 
 
+def mediastinal_from_lung(lung: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mediastinal-window rendering a lung-window image determines, and where it determines it.
+
+    The lung window (-1350..150 HU) contains the mediastinal one's lower part (-160..240 HU): below
+    150 HU a lung-window value fixes the mediastinal value (-1 below -160 HU); at the lung window's
+    clipped top (>= 150 HU) it only bounds it.
+
+    Args:
+        lung: ``(N, 1, H, W)`` lung-window images in [-1, 1].
+
+    Returns:
+        ``(predicted, known)``: the mediastinal rendering ``(N, 1, H, W)`` in [-1, 1] and a bool
+        mask of the pixels where the prediction is exact.
+    """
+    from medsynth.data.windows import hu_to_unit, unit_to_hu, window_bounds
+
+    hu = unit_to_hu(lung.double().clamp(-1, 1), "lung")
+    return hu_to_unit(hu, "mediastinal").float(), hu < window_bounds("lung")[1] - 1e-3
+
+
+def window_error(lung: torch.Tensor, mediastinal: torch.Tensor) -> np.ndarray:
+    """Per pair, mean |mediastinal - the rendering its lung image determines| in HU, over the
+    determined pixels (:func:`mediastinal_from_lung`): 0 for a real slice shown in both windows.
+
+    Args:
+        lung, mediastinal: ``(N, 1, H, W)`` in [-1, 1] (lung and mediastinal window).
+
+    Returns:
+        float64 ``(N,)`` in HU (mediastinal window: 1 unit = 200 HU); NaN where no pixel is determined.
+    """
+    pred, known = mediastinal_from_lung(lung)
+    err = (mediastinal.double() - pred.double()).abs() * 200.0 * known
+    n = known.sum((1, 2, 3)).double()
+    out = (err.sum((1, 2, 3)) / n.clamp(min=1)).numpy()
+    out[(n == 0).numpy()] = np.nan
+    return out
+
+
+def shuffled_window_error(lung: torch.Tensor, mediastinal: torch.Tensor, *, k: int = 8, seed: int = 0) -> np.ndarray:
+    """Control: each lung image against the mediastinal images of ``k`` *other* pairs, error averaged."""
+    n = lung.shape[0]
+    rng = np.random.default_rng(seed)
+    out = np.full(n, np.nan)
+    for i in range(n):
+        pool = np.delete(np.arange(n), i)
+        if len(pool) == 0:
+            continue
+        js = rng.choice(pool, size=min(k, len(pool)), replace=False)
+        out[i] = np.nanmean(window_error(lung[i:i + 1].expand(len(js), -1, -1, -1), mediastinal[js]))
+    return out
+
+
+def head_channel_use(model, *, top: int = 8) -> dict:
+    """Which shared feature channels each private generator head reads, from its first layer's weights.
+
+    CoGAN's pairing rests on both heads rendering the *same* shared features. If the shared trunk
+    has room, the heads can instead read disjoint channel sets: two independent scenes in one
+    trunk, and no alignment. Per input channel the norm of the head's first-layer weights measures
+    how much that head reads it.
+
+    Args:
+        model: a trained CoGAN variant (its EMA generator is inspected when present).
+        top: size of each head's most-read channel set (at most a quarter of the channels).
+
+    Returns:
+        ``{"channels", "cosine", "top_overlap", "top"}``: the cosine between the two heads'
+        per-channel norms, and how many of each head's ``top`` most-read channels the other shares
+        (``top`` = same channels; 0 = disjoint).
+    """
+    heads = model.generator(True).heads
+    norms = []
+    for head in heads:
+        conv = next(m for m in head.modules() if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)))
+        norms.append(conv.weight.detach().double().flatten(1).norm(dim=1))  # (in_channels,)
+    a, b = norms
+    top = min(int(top), max(1, len(a) // 4))  # a quarter at most, or every head would 'share' all
+    overlap = len(set(a.argsort(descending=True)[:top].tolist()) & set(b.argsort(descending=True)[:top].tolist()))
+    return {"channels": int(len(a)), "cosine": float(a @ b / (a.norm() * b.norm())), "top_overlap": overlap,
+            "top": top}
+
+
 # ----------------------------------------------------------------------------- figure
+def tiles_png(columns: list[torch.Tensor], path: str | Path, *, cols: int = 4, scale: int = 2) -> Path:
+    """Grid of side-by-side tuples: tuple ``i`` shows ``columns[j][i]`` (each ``(N, 1, S, S)`` in
+    [-1, 1]) for every ``j``; ``cols`` tuples per row."""
+    return _grid_png([[((c[i, 0].clamp(-1, 1).numpy() + 1) * 127.5).astype(np.uint8) for c in columns]
+                      for i in range(columns[0].shape[0])], path, cols=cols, scale=scale)
+
+
+def _grid_png(tuples: list[list[np.ndarray]], path: str | Path, *, cols: int, scale: int) -> Path:
+    """Write tuples of ``(S, S)`` grey or ``(S, S, 3)`` uint8 tiles as one PNG grid."""
+    from PIL import Image
+
+    from medsynth.atomic import atomic_path
+
+    n, k, s = len(tuples), len(tuples[0]), tuples[0][0].shape[0]
+    rows = (n + cols - 1) // cols
+    pad = 2
+    tw, th = k * s + (k - 1) * pad, s
+    canvas = np.full((rows * (th + 3 * pad), cols * (tw + 4 * pad), 3), 255, dtype=np.uint8)
+    for i, tiles in enumerate(tuples):
+        r, c = divmod(i, cols)
+        y, x = r * (th + 3 * pad), c * (tw + 4 * pad)
+        for j, tile in enumerate(tiles):
+            x0 = x + j * (s + pad)
+            canvas[y:y + s, x0:x0 + s] = tile if tile.ndim == 3 else tile[..., None]
+    img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path, ".png.tmp") as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
 def pairs_png(images: torch.Tensor, masks: torch.Tensor, path: str | Path, *, cols: int = 4,
               scale: int = 2) -> Path:
     """Grid of (image | mask | overlay) triplets, ``cols`` triplets per row.
@@ -287,31 +461,15 @@ def pairs_png(images: torch.Tensor, masks: torch.Tensor, path: str | Path, *, co
         masks: ``(N, 1, S, S)`` in [-1, 1] (generated) or {0, 1}; shown thresholded at > 0.
         path: output PNG.
     """
-    from PIL import Image
-
-    from medsynth.atomic import atomic_path
-
-    n, s = images.shape[0], images.shape[-1]
-    rows = (n + cols - 1) // cols
-    pad = 2
-    tw, th = 3 * s + 2 * pad, s
-    canvas = np.full((rows * (th + 3 * pad), cols * (tw + 4 * pad), 3), 255, dtype=np.uint8)
-    for i in range(n):
+    tuples = []
+    for i in range(images.shape[0]):
         g = ((images[i, 0].clamp(-1, 1).numpy() + 1) * 127.5).astype(np.uint8)
         m = (masks[i, 0] > 0).numpy()
         grey = np.repeat(g[..., None], 3, -1)
-        mk = np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1)
         ov = grey.astype(np.float32)
         ov[m] = 0.5 * ov[m] + 0.5 * np.array([255.0, 0.0, 0.0])
-        r, c = divmod(i, cols)
-        y, x = r * (th + 3 * pad), c * (tw + 4 * pad)
-        for j, tile in enumerate((grey, mk, ov.astype(np.uint8))):
-            x0 = x + j * (s + pad)
-            canvas[y:y + s, x0:x0 + s] = tile
-    img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
-    with atomic_path(path, ".png.tmp") as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
+        tuples.append([grey, np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1), ov.astype(np.uint8)])
+    return _grid_png(tuples, path, cols=cols, scale=scale)
 
 
 # ----------------------------------------------------------------------------- main
@@ -343,6 +501,14 @@ def _rel(text: str) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", default=str(ROOT / "sample_data" / "manifest.csv"))
+    ap.add_argument("--lidc", default=None, help="the lidc_nodules folder: real LIDC slices and nodule masks "
+                    "(random --size crops) instead of the manifest's phantom slices")
+    ap.add_argument("--pair", choices=("mask", "segmented", "window"), default="mask",
+                    help="domain 2: nodule masks (default); 'segmented': the slice inside its nodule mask, -1 "
+                         "outside (the mask = where it exceeds --segmented-threshold); 'window': the mediastinal "
+                         "window of the slices (needs --lidc)")
+    ap.add_argument("--segmented-threshold", type=float, default=-0.9,
+                    help="'segmented' pairs: a generated pixel above this (in [-1, 1]) is inside the mask")
     ap.add_argument("--minutes", type=float, default=6.0, help="process-CPU-time budget of training")
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--size", type=int, default=64)
@@ -367,11 +533,34 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    real = load_real_pairs(args.manifest, size=args.size)
+    if args.lidc:
+        real = load_lidc_pairs(args.lidc, size=args.size, seed=args.seed)
+    else:
+        real = load_real_pairs(args.manifest, size=args.size)
+    if args.pair == "window" and "mediastinal" not in real:
+        raise MedsynthError("--pair window", "needs --lidc (the manifest source has masks only)")
+    if args.pair == "window":
+        second = real["mediastinal"]
+    elif args.pair == "segmented":  # the nodule's own pixels, the rest at the window's floor
+        second = torch.where(real["masks"] > 0, real["images"], torch.full_like(real["images"], -1.0))
+    else:
+        second = real["masks"] * 2 - 1
     img_rows, mask_rows = unpaired_split(real["patient_ids"], seed=args.seed)
+    # A constant training image (an empty mask, an all-lung crop in the mediastinal window) is
+    # rejected by the data layer: leave such rows out of their domain and record how many.
+    def varies(x: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        flat = x[rows].flatten(1)
+        return rows[(flat.amax(1) > flat.amin(1)).numpy()]
+
+    n_split = (len(img_rows), len(mask_rows))
+    img_rows, mask_rows = varies(real["images"], img_rows), varies(second, mask_rows)
+    dropped = {"domain1": n_split[0] - len(img_rows), "domain2": n_split[1] - len(mask_rows)}
+    if any(dropped.values()):
+        log.info("constant rows left out: %s", dropped)
     npz = work / f"unpaired_train_s{args.seed}.npz"
-    write_unpaired_npz(npz, real["images"], real["masks"], real["patient_ids"], img_rows, mask_rows)
-    expected = torch.cat([real["images"][img_rows], real["masks"][mask_rows] * 2 - 1])
+    write_unpaired_npz(npz, real["images"], second, real["patient_ids"], img_rows, mask_rows,
+                       second_name={"window": "mediastinal", "segmented": "segmented"}.get(args.pair, "mask"))
+    expected = torch.cat([real["images"][img_rows], second[mask_rows]])
     labels = np.r_[np.zeros(len(img_rows)), np.ones(len(mask_rows))].astype(np.int64)
     rt_err = check_npz_round_trip(npz, expected, labels, size=args.size)
     log.info("npz round trip through load_image_set: max |diff| %.2g", rt_err)
@@ -385,6 +574,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     g = torch.Generator().manual_seed(args.seed + 1000)
     x_img, x_mask = model.sample_pairs(args.n_eval, generator=g)
+    train_info = {"command": _rel(" ".join(cmd[1:])) if cmd else None, "overrides": args.set, "run": _rel(str(run)),
+                  "step": int(ck["step"]), "cpu_seconds": round(float(ck.get("cpu_seconds", 0.0)), 1),
+                  "wall_seconds": round(float(ck["seconds"]), 1), "head_channel_use": head_channel_use(model)}
+    unpaired = {"n_real_pairs": len(real["patient_ids"]), "n_patients": len(set(real["patient_ids"])),
+                "domain1_images": int(len(img_rows)), "domain2": int(len(mask_rows)),
+                "patients_shared_between_domains": len({real["patient_ids"][i] for i in img_rows}
+                                                       & {real["patient_ids"][i] for i in mask_rows}),
+                "constant_rows_left_out": dropped, "npz_round_trip_max_abs_diff": rt_err}
+    source = os.path.relpath(args.lidc, ROOT) if args.lidc else os.path.relpath(args.manifest, ROOT)
+    if args.pair == "window":
+        return _window_report(args, out, real, x_img, x_mask, train_info, unpaired, source)
+    if args.pair == "segmented":  # the generated mask is where the segmented image is above the floor
+        x_mask = torch.where(x_mask > args.segmented_threshold, 1.0, -1.0)
     pairs_png(x_img[: args.n_show], x_mask[: args.n_show], out / "pairs.png")
     show = np.linspace(0, len(real["patient_ids"]) - 1, min(8, len(real["patient_ids"]))).round().astype(int)
     pairs_png(real["images"][show], real["masks"][show], out / "real_pairs.png")
@@ -405,18 +607,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "format": "medsynth-cogan-pairs/1",
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "manifest": os.path.relpath(args.manifest, ROOT), "size": args.size, "seed": args.seed,
-        "unpaired_set": {
-            "n_patients_nodule_train": len(real["patient_ids"]),
-            "domain1_images": int(len(img_rows)), "domain2_masks": int(len(mask_rows)),
-            "patients_shared_between_domains": len({real["patient_ids"][i] for i in img_rows}
-                                                   & {real["patient_ids"][i] for i in mask_rows}),
-            "npz_round_trip_max_abs_diff": rt_err,
-        },
-        "train": {"command": _rel(" ".join(cmd[1:])) if cmd else None, "overrides": args.set, "run": _rel(str(run)),
-                  "step": int(ck["step"]),
-                  "cpu_seconds": round(float(ck.get("cpu_seconds", 0.0)), 1),
-                  "wall_seconds": round(float(ck["seconds"]), 1)},
+        "source": source, "pair": "image/mask" if args.pair == "mask" else
+        f"image/segmented nodule (mask = pixels > {args.segmented_threshold})", "size": args.size, "seed": args.seed,
+        "unpaired_set": unpaired, "train": train_info,
         "metric": {"units": "HU (lung window -1350..150, clipped)", "ring_px": args.ring,
                    "shuffles_per_image": args.shuffles, "n_generated": args.n_eval,
                    "mask_threshold": "> 0 (generated masks in [-1, 1])"},
@@ -428,6 +621,38 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _window_report(args, out: Path, real: dict, x_lung: torch.Tensor, x_med: torch.Tensor, train_info: dict,
+                   unpaired: dict, source: str) -> dict:
+    """Lung/mediastinal window pairs: figure and window-consistency figures -> ``out/results.json``."""
+    from medsynth.atomic import write_text
+
+    pred, _ = mediastinal_from_lung(x_lung)
+    tiles_png([x_lung[: args.n_show], x_med[: args.n_show], pred[: args.n_show]], out / "pairs.png")
+    show = np.linspace(0, len(real["patient_ids"]) - 1, min(8, len(real["patient_ids"]))).round().astype(int)
+    tiles_png([real["images"][show], real["mediastinal"][show]], out / "real_pairs.png")
+    k, sd = args.shuffles, args.seed
+    gen_a, gen_s = window_error(x_lung, x_med), shuffled_window_error(x_lung, x_med, k=k, seed=sd)
+    # Real slices: their own mediastinal rendering (0 by construction) and other slices' (no alignment).
+    real_s = shuffled_window_error(real["images"], real["mediastinal"], k=k, seed=sd)
+    result = {
+        "format": "medsynth-cogan-pairs/1",
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": source, "pair": "lung/mediastinal window", "size": args.size, "seed": args.seed,
+        "unpaired_set": unpaired, "train": train_info,
+        "metric": {"units": "HU, mean |mediastinal - rendering determined by the lung image| over determined "
+                            "pixels (lung HU < 150)", "shuffles_per_image": k, "n_generated": args.n_eval},
+        "window_error": {
+            "generated": {"aligned": bootstrap_ci(gen_a, seed=sd), "shuffled": bootstrap_ci(gen_s, seed=sd),
+                          "shuffled_minus_aligned": bootstrap_ci(gen_s - gen_a, seed=sd)},
+            "real": {"aligned": bootstrap_ci(window_error(real["images"], real["mediastinal"]), seed=sd),
+                     "shuffled": bootstrap_ci(real_s, seed=sd)},
+        },
+    }
+    write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s", out / "results.json")
+    return result
+
+
 if __name__ == "__main__":
     r = main()
-    print(json.dumps({k: r[k] for k in ("contrast", "mask_area")}, indent=1))
+    print(json.dumps({k: r[k] for k in ("contrast", "mask_area", "window_error") if k in r}, indent=1))

@@ -50,7 +50,7 @@ def test_unpaired_npz_round_trips_through_the_data_layer(tmp_path):
     images = images.clamp(-1, 1)
     pids = [f"P{i}" for i in range(6)]
     a, b = unpaired_split(pids, seed=0)
-    path = write_unpaired_npz(tmp_path / "u.npz", images, masks, pids, a, b)
+    path = write_unpaired_npz(tmp_path / "u.npz", images, masks * 2 - 1, pids, a, b)
     ims = load_image_set(path, modality="ct", size=16, split="train", ct_window="lung")
     assert ims.labels.tolist() == [0] * len(a) + [1] * len(b)
     assert torch.allclose(ims.images[: len(a)], images[a], atol=1e-5)
@@ -61,7 +61,7 @@ def test_unpaired_npz_round_trips_through_the_data_layer(tmp_path):
     assert {p.split("/")[0] for p in ims.patient_ids[: len(a)]}.isdisjoint(
         {p.split("/")[0] for p in ims.patient_ids[len(a):]})
     with pytest.raises(MedsynthError, match="share a patient"):
-        write_unpaired_npz(tmp_path / "bad.npz", images, masks, pids, a, np.r_[b, a[:1]])
+        write_unpaired_npz(tmp_path / "bad.npz", images, masks * 2 - 1, pids, a, np.r_[b, a[:1]])
 
 
 def test_alignment_metric_high_for_true_pairs_near_zero_for_shuffled():
@@ -85,3 +85,68 @@ def test_alignment_metric_empty_masks_and_stats():
     assert s["frac_empty"] == 0.25 and s["n"] == 4
     assert s["area_p5_25_50_75_95"][-1] == 9.0  # a radius-sqrt(2) disc: a 3x3 block
     assert bootstrap_ci(np.array([np.nan]))["n"] == 0
+
+
+def test_lidc_pairs_are_crops_of_one_nodule_with_its_own_mask(shared_data):
+    from pipelines.cogan_pairs import load_lidc_pairs
+
+    real = load_lidc_pairs(shared_data / "lidc_nodules", size=32, seed=0)
+    n = len(real["patient_ids"])
+    assert real["images"].shape == (n, 1, 32, 32) and real["masks"].shape == (n, 1, 32, 32)
+    assert float(real["images"].min()) >= -1.0 and float(real["images"].max()) <= 1.0
+    assert set(real["masks"].unique().tolist()) <= {0.0, 1.0}
+    assert all(isinstance(p, str) and p not in ("", "nan") for p in real["patient_ids"])
+    # Each crop's own mask covers denser tissue than a mask of another crop: the pairing survives cropping.
+    hu_c = mask_contrast(real["images"], real["masks"])
+    hu_s = shuffled_contrast(real["images"], real["masks"], k=4)
+    assert np.nanmean(hu_c) > np.nanmean(hu_s) + 0.3
+    # Crops sit at different offsets: the masks' centres spread over several pixels.
+    ys = (real["masks"][:, 0].sum(2) * torch.arange(32)).sum(1) / real["masks"][:, 0].sum((1, 2)).clamp(min=1)
+    assert float(ys.std()) > 3.0
+    # The same seed gives the same crops.
+    again = load_lidc_pairs(shared_data / "lidc_nodules", size=32, seed=0)
+    assert torch.equal(again["masks"], real["masks"])
+    with pytest.raises(MedsynthError, match="exceeds"):
+        load_lidc_pairs(shared_data / "lidc_nodules", size=64)
+
+
+def test_window_error_zero_for_one_slice_in_both_windows_positive_for_others():
+    from medsynth.data.windows import hu_to_unit
+    from pipelines.cogan_pairs import mediastinal_from_lung, shuffled_window_error, window_error
+
+    g = torch.Generator().manual_seed(0)
+    hu = -900.0 + 60.0 * torch.randn(12, 1, 16, 16, generator=g)  # lung parenchyma
+    hu[:, :, 4:10, 4:10] = 40.0 + 300.0 * torch.rand(12, 1, 6, 6, generator=g) - 150.0  # soft tissue ...
+    for i in range(12):  # ... moved per slice, with a bone-like patch above the lung window
+        hu[i] = hu[i].roll(shifts=(i, 2 * i), dims=(1, 2))
+        hu[i, 0, 0, i] = 600.0
+    lung, med = hu_to_unit(hu, "lung").float(), hu_to_unit(hu, "mediastinal").float()
+    pred, known = mediastinal_from_lung(lung)
+    assert not bool(known.all()) and bool(known.any())  # the >= 150 HU pixels are not determined
+    assert torch.allclose(pred[known], med[known], atol=1e-4)
+    own = window_error(lung, med)
+    other = shuffled_window_error(lung, med, k=4)
+    assert np.all(own < 0.05) and np.all(other > 20.0)
+    # A constant lung image above the window's top determines nothing: NaN, not 0.
+    assert np.isnan(window_error(torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)))[0]
+
+
+def test_head_channel_use_tells_shared_from_disjoint_channel_sets():
+    from medsynth.config import resolve
+    from medsynth.models.registry import build_model
+    from pipelines.cogan_pairs import head_channel_use
+
+    cfg = resolve(base={"model": {"name": "cogan", "width": 8, "latent_dim": 16, "num_classes": 2,
+                                  "params": {"g_private": 1}}, "data": {"size": 16, "spatial_dims": 2}})
+    model = build_model(cfg.model)
+    w0, w1 = (h[0].weight for h in model.generator(True).heads)
+    c = w0.shape[0]
+    with torch.no_grad():
+        w1.copy_(w0)
+    same = head_channel_use(model, top=2)
+    assert same["top_overlap"] == 2 and same["cosine"] > 0.999
+    with torch.no_grad():  # head 0 reads the first half of the channels only, head 1 the second half
+        w0[c // 2:] = 0
+        w1[: c // 2] = 0
+    apart = head_channel_use(model, top=2)
+    assert apart["top_overlap"] == 0 and apart["cosine"] < 1e-9

@@ -310,3 +310,17 @@ def test_cogan_batch_with_one_domain_trains(labels):
     for phase in ("D", "G"):
         loss, _ = _step(m, phase, _batch(labels=labels))
         assert torch.isfinite(loss)
+
+
+def test_cogan_same_head_init_starts_the_pairing_as_the_identity():
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    tied = _model("cogan", params={"same_head_init": True})
+    with torch.no_grad():
+        x1, x2 = tied.G.pair(z)
+    assert torch.equal(x1, x2)
+    loose = _model("cogan")  # default: independent heads
+    with torch.no_grad():
+        y1, y2 = loose.G.pair(z)
+    assert not torch.allclose(y1, y2)
+    # identical at the start only: the heads are still separate parameters
+    assert tied.G.heads[0][-2].weight is not tied.G.heads[1][-2].weight

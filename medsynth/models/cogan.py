@@ -48,12 +48,18 @@ class CoGANParams(VariantParams):
         d_private: down-sampling layers (counted from the input) owned by each discriminator.
         real_target: BCE target for real images (0.9 = one-sided label smoothing).
         mbstd: minibatch-standard-deviation channel in D's shared trunk.
+        same_head_init: start the two generator heads from identical weights, so the pairing is the
+            identity at step 0 (default off). Measured on real LIDC crops (32², 8 CPU-minutes,
+            ``reports/cogan_pairs/README.md``): it did not align the pairs. With or without it the
+            heads ended up reading disjoint sets of shared channels (``head_channel_use``: 0 of
+            their 8 most-read channels in common), i.e. two independent scenes in one trunk.
     """
 
     g_private: int = 2
     d_private: int = 1
     real_target: float = 0.9
     mbstd: bool = True
+    same_head_init: bool = False
 
 
 class _Seed(nn.Module):
@@ -91,7 +97,7 @@ class CoupledGenerator(nn.Module):
         n_priv = max(1, min(int(g_private), n_up))
         self.shared = nn.Sequential(_Seed(latent_dim, c0, d), *ups[: n_up - n_priv])
 
-        def head() -> nn.Module:  # private layers: separate copies (re-initialised by the variant)
+        def head() -> nn.Module:  # private layers: separate modules (the variant re-initialises them; see same_head_init)
             layers = [copy.deepcopy(m) for m in ups[n_up - n_priv:]]
             return nn.Sequential(*layers, ConvT(c, channels, 4, 2, 1), nn.Tanh())
 
@@ -164,6 +170,8 @@ class CoGAN(GANVariant):
         self.D = CoupledDiscriminator(s, c, w, d, self.p.d_private, self.p.mbstd)
         init_dcgan_weights(self.G)
         init_dcgan_weights(self.D)
+        if self.p.same_head_init:
+            self.G.heads[1].load_state_dict(self.G.heads[0].state_dict())
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
 
     def random_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor:
