@@ -53,8 +53,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -474,23 +472,15 @@ def pairs_png(images: torch.Tensor, masks: torch.Tensor, path: str | Path, *, co
 
 # ----------------------------------------------------------------------------- main
 def _train(npz: Path, parent: Path, args) -> tuple[Path, list[str]]:
-    cmd = [sys.executable, "-m", "medsynth.cli", "train", "--modality", "ct", "--model", "cogan",
-           "--data", str(npz), "--size", str(args.size), "--minutes", str(args.minutes),
-           "--steps", str(args.max_steps), "--seed", str(args.seed), "--out", str(parent), "--no-progress",
-           "--set", "train.clock=process", "--set", "train.threads=1"]
-    for s in args.set:
-        cmd += ["--set", s]
-    parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log.info("train: %s", " ".join(cmd))
-    with open(parent / "train.log", "a") as fh:
-        res = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if res.returncode:
-        raise RuntimeError(f"training failed (exit {res.returncode}); see {parent / 'train.log'}")
-    runs = sorted(p for p in parent.iterdir() if p.is_dir() and p.name.endswith("-ct-cogan"))
-    if not runs:
-        raise RuntimeError(f"no run directory under {parent}")
-    return runs[-1], cmd
+    """Train CoGAN on ``npz`` under ``parent`` to the CPU budget (:func:`pipelines.runs.train_to_budget`:
+    a finished run is reused, an interrupted one resumed). Returns the run and the new-run argv."""
+    from pipelines.runs import train_command, train_to_budget
+
+    new_args = ["--modality", "ct", "--model", "cogan", "--data", str(npz), "--size", str(args.size),
+                "--seed", str(args.seed)]
+    kw = dict(minutes=args.minutes, max_steps=args.max_steps, sets=list(args.set))
+    run = train_to_budget(parent, new_args, name="cogan", **kw)
+    return run, train_command(parent, None, new_args, **kw)
 
 
 def _rel(text: str) -> str:

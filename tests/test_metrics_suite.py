@@ -211,14 +211,19 @@ def test_control_split_by_patient():
         control_split(3, ["p", "p", "p"])
 
 
-def test_discriminator_scores_order_and_labels():
+def _tiny_model(name: str):
+    """A seeded 16² class-conditional variant, width 4."""
     from medsynth.config import resolve
     from medsynth.models.registry import build_model
 
-    cfg = resolve(base={"model": {"name": "dcgan", "width": 4, "latent_dim": 16, "num_classes": 2},
+    cfg = resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": 2},
                         "data": {"size": 16, "spatial_dims": 2}})
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    return build_model(cfg.model)
+
+
+def test_discriminator_scores_order_and_labels():
+    model = _tiny_model("dcgan")
     x = torch.rand(12, 1, 16, 16) * 2 - 1
     y = torch.arange(12) % 2
     s = discriminator_scores(model, x, y, batch_size=12)
@@ -347,13 +352,7 @@ def test_evaluate_sets_3d_ct_volumes():
 
 
 def test_discriminator_scores_route_two_domain_images_to_their_head():
-    from medsynth.config import resolve
-    from medsynth.models.registry import build_model
-
-    cfg = resolve(base={"model": {"name": "cogan", "width": 4, "latent_dim": 16, "num_classes": 2},
-                        "data": {"size": 16, "spatial_dims": 2}})
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = _tiny_model("cogan")
     x = torch.rand(10, 1, 16, 16) * 2 - 1
     y = torch.tensor([0, 1] * 5)
     s = discriminator_scores(model, x, y, batch_size=10)  # one batch: D has a batch statistic (mbstd)
