@@ -15,7 +15,9 @@ augment segmentation training sets.
    -1/+1. The pipeline checks this round trip after writing.
 2. **Training**: ``medsynth train --modality ct --model cogan --data <npz>`` with a process-CPU
    budget (``--minutes``, ``train.clock=process``, ``train.threads=1``), preset
-   ``pipelines/ct_cogan.yaml``.
+   ``pipelines/ct_cogan.yaml``, with **per-pixel generator heads** on one shared 1-channel map
+   (``--head pointwise``, the default: ``model.params.head=pointwise``, ``head_channels=1``) or the
+   paper's private up-sampling layers (``--head conv``).
 3. **Pairs**: ``sample_pairs`` -> ``pairs.png`` (image | mask | overlay) and, for reference,
    ``real_pairs.png`` (real training slices with their own masks).
 4. **Alignment**: per pair, the mask is thresholded (> 0) and the contrast is the mean image HU
@@ -33,17 +35,16 @@ LIDC-IDRI axial nodule slices (one random ``--size`` crop per nodule, split by p
 -1 outside; the generated mask is where it exceeds ``--segmented-threshold``), or, LIDC only, the
 mediastinal ``window`` of the slices, scored by :func:`window_error` (the mediastinal rendering a
 lung-window image determines, compared with the generated one; 0 for a real slice). Every run
-also records :func:`head_channel_use`: whether the two private generator heads read the same
-shared channels.
+also records :func:`head_channel_use` (whether the two private generator heads read the same
+shared channels) and :func:`marginal_fd` of each domain (realism is not traded for alignment).
 
 Run: ``python -m pipelines.cogan_pairs [--lidc DIR] [--pair mask|segmented|window] [--minutes 6]
 [--seed 0] [--set KEY=VALUE]... [--run RUN_DIR] [--out DIR]``; writes ``DIR/{pairs.png,
 real_pairs.png, results.json}`` (default ``reports/cogan_pairs``). ``--run`` skips training and
 evaluates an existing run. The committed runs and their reading are in
-``reports/cogan_pairs/README.md``. No configuration tried aligned the pairs:
-* on the phantom, none aligned at 6 minutes, and a small signal appeared at 20 minutes with
-  DiffAugment;
-* on LIDC, every run paired mismatched content, and its heads read disjoint shared channels.
+``reports/cogan_pairs/README.md``. In short: with the paper's heads (``--head conv``) no run
+aligned its pairs (the heads read disjoint shared channels: two scenes in one trunk); with
+per-pixel heads on one shared map (``--head pointwise``) the LIDC window and mask pairs align.
 """
 
 from __future__ import annotations
@@ -410,13 +411,50 @@ def head_channel_use(model, *, top: int = 8) -> dict:
     heads = model.generator(True).heads
     norms = []
     for head in heads:
-        conv = next(m for m in head.modules() if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)))
-        norms.append(conv.weight.detach().double().flatten(1).norm(dim=1))  # (in_channels,)
+        conv = next(m for m in head.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+        w = conv.weight.detach().double()
+        w = w if conv.transposed else w.transpose(0, 1)  # -> (in_channels, out_channels, *k)
+        norms.append(w.flatten(1).norm(dim=1))  # (in_channels,)
     a, b = norms
     top = min(int(top), max(1, len(a) // 4))  # a quarter at most, or every head would 'share' all
     overlap = len(set(a.argsort(descending=True)[:top].tolist()) & set(b.argsort(descending=True)[:top].tolist()))
     return {"channels": int(len(a)), "cosine": float(a @ b / (a.norm() * b.norm())), "top_overlap": overlap,
             "top": top}
+
+
+def marginal_fd(real: torch.Tensor, synth: torch.Tensor, *, seed: int = 0, repeats: int = 5,
+                encoder_steps: int = 300) -> dict:
+    """Fréchet distance of one domain's generated images to that domain's real training images.
+
+    Alignment is worthless if it costs the images their realism, so every pairing run also scores
+    each domain's marginal. The protocol is ``medsynth evaluate``'s: a feature encoder trained on
+    the real images (seeded), then per random split ``m`` synthetic vs real half A against real
+    half B vs real half A (the floor).
+
+    Args:
+        real: ``(N, 1, S, S)`` real images of the domain in [-1, 1], N ≥ 8.
+        synth: ``(M, 1, S, S)`` generated images of the domain in [-1, 1].
+
+    Returns:
+        ``{"synthetic": {"mean", "sd"}, "floor": {"mean", "sd"}, "m", "h", "repeats", "encoder_fingerprint"}``.
+    """
+    from medsynth.metrics.fidelity import encoder_fingerprint, extract_features, frechet_distance, train_feature_encoder
+
+    enc = train_feature_encoder(real, seed=seed, steps=encoder_steps)
+    fr, fs = extract_features(enc, real), extract_features(enc, synth)
+    h = len(fr) // 2
+    m = min(h, len(fs))
+    rng = np.random.default_rng(seed)
+    syn, flo = [], []
+    for _ in range(max(1, repeats)):
+        perm = rng.permutation(len(fr))
+        a, b = perm[:m], perm[h: h + m]
+        si = rng.permutation(len(fs))[:m]
+        syn.append(frechet_distance(fs[si], fr[a]))
+        flo.append(frechet_distance(fr[b], fr[a]))
+    ms = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v))}  # noqa: E731
+    return {"synthetic": ms(syn), "floor": ms(flo), "m": int(m), "h": int(h), "repeats": int(max(1, repeats)),
+            "encoder_fingerprint": encoder_fingerprint(enc)}
 
 
 # ----------------------------------------------------------------------------- figure
@@ -503,6 +541,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head", choices=("pointwise", "conv"), default="pointwise",
+                    help="generator heads: 'pointwise' (default; per-pixel heads on one shared 1-channel map, the "
+                         "set-up that aligned the pairs) or 'conv' (the paper's private up-sampling layers)")
     ap.add_argument("--set", action="append", default=[], help="extra `medsynth train --set` overrides")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "cogan_pairs"), help="work folder (npz, run)")
     ap.add_argument("--run", default=None, help="evaluate this existing run directory instead of training")
@@ -512,6 +553,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shuffles", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "reports" / "cogan_pairs"))
     args = ap.parse_args(argv)
+    if args.head == "pointwise":  # before the user's --set, which may still change head_channels
+        args.set = ["model.params.head=pointwise", "model.params.head_channels=1", *args.set]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
 
@@ -573,8 +616,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                        & {real["patient_ids"][i] for i in mask_rows}),
                 "constant_rows_left_out": dropped, "npz_round_trip_max_abs_diff": rt_err}
     source = os.path.relpath(args.lidc, ROOT) if args.lidc else os.path.relpath(args.manifest, ROOT)
+    fidelity = {"domain1": marginal_fd(real["images"][img_rows], x_img, seed=args.seed),
+                "domain2": marginal_fd(second[mask_rows], x_mask, seed=args.seed)}
+    log.info("marginal FD: domain 1 %.1f (floor %.1f), domain 2 %.1f (floor %.1f)",
+             fidelity["domain1"]["synthetic"]["mean"], fidelity["domain1"]["floor"]["mean"],
+             fidelity["domain2"]["synthetic"]["mean"], fidelity["domain2"]["floor"]["mean"])
     if args.pair == "window":
-        return _window_report(args, out, real, x_img, x_mask, train_info, unpaired, source)
+        return _window_report(args, out, real, x_img, x_mask, train_info, unpaired, source, fidelity)
     if args.pair == "segmented":  # the generated mask is where the segmented image is above the floor
         x_mask = torch.where(x_mask > args.segmented_threshold, 1.0, -1.0)
     pairs_png(x_img[: args.n_show], x_mask[: args.n_show], out / "pairs.png")
@@ -605,6 +653,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "mask_threshold": "> 0 (generated masks in [-1, 1])"},
         "contrast": {"generated": res_syn, "real": res_real, "real_masks_on_generated_images": real_on_syn},
         "mask_area": {"generated": mask_stats(syn_mask), "real": mask_stats(real["masks"])},
+        "marginal_fd": fidelity,
     }
     write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", out / "results.json")
@@ -612,7 +661,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _window_report(args, out: Path, real: dict, x_lung: torch.Tensor, x_med: torch.Tensor, train_info: dict,
-                   unpaired: dict, source: str) -> dict:
+                   unpaired: dict, source: str, fidelity: dict) -> dict:
     """Lung/mediastinal window pairs: figure and window-consistency figures -> ``out/results.json``."""
     from medsynth.atomic import write_text
 
@@ -637,6 +686,7 @@ def _window_report(args, out: Path, real: dict, x_lung: torch.Tensor, x_med: tor
             "real": {"aligned": bootstrap_ci(window_error(real["images"], real["mediastinal"]), seed=sd),
                      "shuffled": bootstrap_ci(real_s, seed=sd)},
         },
+        "marginal_fd": fidelity,
     }
     write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", out / "results.json")
@@ -645,4 +695,4 @@ def _window_report(args, out: Path, real: dict, x_lung: torch.Tensor, x_med: tor
 
 if __name__ == "__main__":
     r = main()
-    print(json.dumps({k: r[k] for k in ("contrast", "mask_area", "window_error") if k in r}, indent=1))
+    print(json.dumps({k: r[k] for k in ("contrast", "mask_area", "window_error", "marginal_fd") if k in r}, indent=1))

@@ -150,3 +150,34 @@ def test_head_channel_use_tells_shared_from_disjoint_channel_sets():
         w1[: c // 2] = 0
     apart = head_channel_use(model, top=2)
     assert apart["top_overlap"] == 0 and apart["cosine"] < 1e-9
+
+
+def test_head_channel_use_reads_pointwise_heads_by_input_channel():
+    from medsynth.config import resolve
+    from medsynth.models.registry import build_model
+    from pipelines.cogan_pairs import head_channel_use
+
+    cfg = resolve(base={"model": {"name": "cogan", "width": 8, "latent_dim": 16, "num_classes": 2,
+                                  "params": {"head": "pointwise", "head_channels": 8}},
+                        "data": {"size": 16, "spatial_dims": 2}})
+    model = build_model(cfg.model)
+    w0, w1 = (h[0].weight for h in model.generator(True).heads)  # Conv: (hidden, in_channels, 1, 1)
+    with torch.no_grad():
+        w0[:, 4:] = 0  # head 0 reads map channels 0-3, head 1 channels 4-7
+        w1[:, :4] = 0
+    use = head_channel_use(model, top=2)
+    assert use["channels"] == 8 and use["top_overlap"] == 0 and use["cosine"] < 1e-9
+
+
+def test_marginal_fd_near_its_floor_for_real_images_far_for_constant_ones():
+    from pipelines.cogan_pairs import marginal_fd
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    c = torch.rand(80, 2, generator=g) * 10 + 3  # blobs at random centres: a real-looking domain
+    real = (torch.exp(-((yy - c[:, :1, None]) ** 2 + (xx - c[:, 1:, None]) ** 2) / 8) * 2 - 1)[:, None]
+    same = marginal_fd(real[:40], real[40:], encoder_steps=40)
+    flat = marginal_fd(real[:40], torch.full((40, 1, 16, 16), -1.0), encoder_steps=40)
+    assert same["m"] == 20 and same["h"] == 20 and same["repeats"] == 5
+    assert flat["synthetic"]["mean"] > 5 * same["synthetic"]["mean"]
+    assert same["synthetic"]["mean"] < 3 * same["floor"]["mean"] + 1e-6

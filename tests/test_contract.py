@@ -9,13 +9,16 @@ from medsynth.config import resolve
 from medsynth.models.base import Batch, GANVariant
 from medsynth.models.registry import build_model, list_models
 
-CASES = [(name, dims) for name in list_models() for dims in (2, 3)]
+#: Architectural options that build different networks pass the contract too ("name+option").
+OPTIONS = {"cogan+pointwise": {"head": "pointwise"}}
+CASES = [(name, dims) for name in [*list_models(), *OPTIONS] for dims in (2, 3)]
 
 
 def _cfg(name: str, dims: int, num_classes: int = 2):
     size = 16 if dims == 2 else 8
-    return resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": num_classes},
-                         "data": {"size": size, "spatial_dims": dims}})
+    model = {"name": name.split("+")[0], "width": 4, "latent_dim": 16, "num_classes": num_classes,
+             "params": OPTIONS.get(name, {})}
+    return resolve(base={"model": model, "data": {"size": size, "spatial_dims": dims}})
 
 
 def _batch(model: GANVariant, n: int = 8) -> Batch:

@@ -324,3 +324,30 @@ def test_cogan_same_head_init_starts_the_pairing_as_the_identity():
     assert not torch.allclose(y1, y2)
     # identical at the start only: the heads are still separate parameters
     assert tied.G.heads[0][-2].weight is not tied.G.heads[1][-2].weight
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_cogan_pointwise_heads_render_each_pixel_of_one_shared_map(dims):
+    m = _model("cogan", dims=dims, params={"head": "pointwise", "head_channels": 1})
+    m.eval()
+    g = m.G
+    z = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = g.shared(z)
+        assert h.shape == (3, 1) + m.image_shape[1:]  # one full-resolution map shared by both domains
+        x1, x2 = g.pair(z)
+        assert x1.shape == x2.shape == (3,) + m.image_shape
+        # a head is per pixel: permuting the map's pixels permutes both images identically
+        perm = torch.randperm(h[0, 0].numel(), generator=torch.Generator().manual_seed(1))
+        hp = h.flatten(2)[:, :, perm].view_as(h)
+        for head, x in zip(g.heads, (x1, x2)):
+            assert torch.allclose(head(hp).flatten(2), x.flatten(2)[:, :, perm], atol=1e-6)
+    if dims == 2:  # and it trains on the engine like the paper's heads
+        for phase in ("D", "G"):
+            loss, _ = _step(m, phase, _batch())
+            assert torch.isfinite(loss)
+
+
+def test_cogan_rejects_an_unknown_head():
+    with pytest.raises(MedsynthError, match="head"):
+        _model("cogan", params={"head": "linear"})
