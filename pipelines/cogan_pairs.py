@@ -411,7 +411,8 @@ def head_channel_use(model, *, top: int = 8) -> dict:
     heads = model.generator(True).heads
     norms = []
     for head in heads:
-        conv = next(m for m in head.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+        conv = next(m for m in head.modules()
+                    if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)))
         w = conv.weight.detach().double()
         w = w if conv.transposed else w.transpose(0, 1)  # -> (in_channels, out_channels, *k)
         norms.append(w.flatten(1).norm(dim=1))  # (in_channels,)
@@ -438,21 +439,18 @@ def marginal_fd(real: torch.Tensor, synth: torch.Tensor, *, seed: int = 0, repea
     Returns:
         ``{"synthetic": {"mean", "sd"}, "floor": {"mean", "sd"}, "m", "h", "repeats", "encoder_fingerprint"}``.
     """
+    from medsynth.metrics.evaluate import split_indices
     from medsynth.metrics.fidelity import encoder_fingerprint, extract_features, frechet_distance, train_feature_encoder
 
     enc = train_feature_encoder(real, seed=seed, steps=encoder_steps)
     fr, fs = extract_features(enc, real), extract_features(enc, synth)
     h = len(fr) // 2
     m = min(h, len(fs))
-    rng = np.random.default_rng(seed)
     syn, flo = [], []
-    for _ in range(max(1, repeats)):
-        perm = rng.permutation(len(fr))
-        a, b = perm[:m], perm[h: h + m]
-        si = rng.permutation(len(fs))[:m]
-        syn.append(frechet_distance(fs[si], fr[a]))
-        flo.append(frechet_distance(fr[b], fr[a]))
-    ms = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v))}  # noqa: E731
+    for a, b, si in split_indices(len(fr), len(fs), repeats, np.random.default_rng(seed)):
+        syn.append(frechet_distance(fs[si], fr[a[:m]]))
+        flo.append(frechet_distance(fr[b], fr[a[:m]]))
+    ms = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v))}  # noqa: E731  (population sd over splits)
     return {"synthetic": ms(syn), "floor": ms(flo), "m": int(m), "h": int(h), "repeats": int(max(1, repeats)),
             "encoder_fingerprint": encoder_fingerprint(enc)}
 

@@ -104,6 +104,21 @@ def _agg(dicts: list[dict], keys) -> dict:
     return {k: _mean_sd([d[k] for d in dicts]) for k in keys}
 
 
+def split_indices(n_real: int, n_synth: int, repeats: int, rng: np.random.Generator):
+    """The floor protocol's random splits: per repeat ``(a, b, si)`` with ``a`` real half A (``h =
+    n_real // 2`` rows), ``b`` the first ``m = min(h, n_synth)`` rows of real half B, ``si`` ``m``
+    synthetic rows. A metric compares synthetic ``si`` with ``a[:m]`` against real ``b`` with ``a[:m]``.
+
+    Yields:
+        ``(a, b, si)`` index arrays, ``max(1, repeats)`` times.
+    """
+    h = n_real // 2
+    m = min(h, n_synth)
+    for _ in range(max(1, repeats)):
+        perm = rng.permutation(n_real)
+        yield perm[:h], perm[h: h + m], rng.permutation(n_synth)[:m]
+
+
 def _images(x, name: str, min_n: int) -> torch.Tensor:
     x = torch.as_tensor(x).detach().to(torch.float32).cpu()
     if x.dim() not in (4, 5) or x.shape[1] != 1 or len(x) < min_n:
@@ -239,10 +254,7 @@ def evaluate_sets(
     m = min(h, len(sy))
     k = 5 if m > 10 else max(1, m - 2)
     rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r")}
-    for rep in range(max(1, repeats)):
-        perm = rng.permutation(len(tr))
-        a, b = perm[:h], perm[h : h + m]
-        si = rng.permutation(len(sy))[:m]
+    for rep, (a, b, si) in enumerate(split_indices(len(tr), len(sy), repeats, rng)):
         rows["fd_s"].append(frechet_distance(fs[si], fr[a[:m]]))
         rows["fd_r"].append(frechet_distance(fr[b], fr[a[:m]]))
         rows["kid_s"].append(kernel_inception_distance(fs[si], fr[a], subset_size=m, n_subsets=kid_subsets,
