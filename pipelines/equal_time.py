@@ -182,13 +182,15 @@ def markdown(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's command line (``--set`` is repeatable: ``--set a=1 --set b=2`` keeps both)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arms", nargs="+", required=True, help="model or model:augment (none|diffaug|ada)")
     ap.add_argument("--minutes", type=float, default=10.0, help="CPU-minutes of one core per arm")
     ap.add_argument("--modality", default="xray")
     ap.add_argument("--data", default="default")
-    ap.add_argument("--set", nargs="*", default=[], help="overrides applied to every arm")
+    ap.add_argument("--set", action="extend", nargs="+", default=[],
+                    help="overrides applied to every arm; repeatable, each takes one or more key=value")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=10**7)
@@ -198,7 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-only", action="store_true", help="train the arms, score nothing (queue runs "
                     "while another invocation trains; a last invocation with every arm scores them)")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for a in args.arms:
         parse_arm(a)

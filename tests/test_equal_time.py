@@ -66,3 +66,11 @@ def test_scored_evaluation_is_reused_only_with_the_same_encoder(tmp_path):
     path.write_text(json.dumps(ev))
     assert not et._evaluated_with(path, tmp_path / "enc.pt", A, 7)
     assert not et._evaluated_with(tmp_path / "missing.json", tmp_path / "enc.pt", A, 7)
+
+
+def test_repeated_set_options_are_all_kept():
+    # argparse's nargs="*" alone keeps only the last --set; every override must reach every arm.
+    args = et.build_parser().parse_args(
+        ["--arms", "progan", "--out", "x", "--set", "model.lr_g=0.0005", "--set", "model.lr_d=0.0005", "a.b=1"])
+    assert args.set == ["model.lr_g=0.0005", "model.lr_d=0.0005", "a.b=1"]
+    assert et.build_parser().parse_args(["--arms", "dcgan", "--out", "x"]).set == []
