@@ -124,6 +124,17 @@ def test_minibatch_stddev_sees_diversity():
     assert same[:, -1].abs().max() < 1e-3 < diverse[:, -1].mean()
 
 
+def test_minibatch_stddev_class_groups_split_each_class():
+    # class 0: four identical samples then four diverse ones; class 1: two samples.
+    x = torch.cat([torch.ones(4, 3, 4, 4), torch.randn(4, 3, 4, 4), torch.randn(2, 3, 4, 4)])
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    whole = MinibatchStdDev(4)(x, labels)[:, -1, 0, 0]
+    grouped = MinibatchStdDev(4, class_groups=True)(x, labels)[:, -1, 0, 0]
+    assert torch.allclose(whole[:8], whole[0].expand(8))  # one statistic per class
+    assert grouped[:4].abs().max() < 1e-3 < grouped[4:8].min()  # the collapsed group is seen alone
+    assert torch.allclose(grouped[8:], whole[8:])  # a class smaller than a group keeps its own statistic
+
+
 @pytest.mark.parametrize("clock", ["wall", "process"])
 def test_time_cap_stops_training_on_its_clock(clock, tmp_path):
     x, y = _data()

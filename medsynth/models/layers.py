@@ -54,21 +54,34 @@ class MinibatchStdDev(nn.Module):
 
     Args:
         group_size: samples per statistics group (the batch is split into groups of this size).
+        class_groups: with ``labels``, split each class's samples into groups of about
+            ``group_size`` (the remainder joins the last group) instead of one group per class, so
+            D sees several small-group statistics per class rather than one class-wide average.
     Shapes: ``(N, C, *S)`` (+ labels ``(N,)``) -> ``(N, C + 1, *S)``.
     """
 
-    def __init__(self, group_size: int = 4):
+    def __init__(self, group_size: int = 4, class_groups: bool = False):
         super().__init__()
         self.group_size = group_size
+        self.class_groups = class_groups
+
+    @staticmethod
+    def _spread(x: Tensor) -> Tensor:
+        """Mean over features of the per-feature std across the rows of ``(G, C, *S)`` -> scalar."""
+        return x.var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         n = x.shape[0]
         if labels is not None:
             y = x.new_zeros(n)
             for c in labels.unique():
-                sel = labels == c
-                if int(sel.sum()) > 1:
-                    y[sel] = x[sel].var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+                idx = (labels == c).nonzero().flatten()
+                if len(idx) < 2:
+                    continue
+                n_groups = max(1, len(idx) // self.group_size) if self.class_groups else 1
+                for part in torch.tensor_split(idx, n_groups):
+                    if len(part) > 1:
+                        y[part] = self._spread(x[part])
             y = y.view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
             return torch.cat([x, y], dim=1)
         g = min(self.group_size, n)

@@ -120,7 +120,7 @@ class ProDiscriminator(nn.Module):
     """
 
     def __init__(self, chans: list[int], in_channels: int = 1, num_classes: int = 0, spatial_dims: int = 2,
-                 mbstd_group: int = 4):
+                 mbstd_group: int = 4, mbstd_class_groups: bool = False):
         super().__init__()
         d = spatial_dims
         self.from_rgb = nn.ModuleList(EqualizedConv(in_channels, c, 1, d) for c in chans)
@@ -128,7 +128,7 @@ class ProDiscriminator(nn.Module):
             nn.ModuleList([EqualizedConv(chans[k], chans[k], 3, d), EqualizedConv(chans[k], chans[k - 1], 3, d)])
             for k in range(1, len(chans)))
         c0 = chans[0]
-        self.mbstd = MinibatchStdDev(mbstd_group)
+        self.mbstd = MinibatchStdDev(mbstd_group, mbstd_class_groups)
         self.conv_last = EqualizedConv(c0 + 1, c0, 3, d)
         self.fc = EqualizedLinear(c0 * 4**d, c0)
         self.out = EqualizedLinear(c0, 1, gain=1.0)
@@ -176,6 +176,8 @@ class ProGANParams(VariantParams):
             600-800; 20-30 suits a CPU run of a few minutes per stage).
         fade_fraction: fraction of each stage (after the first) spent fading the new layers in.
         mbstd_group: minibatch-stddev group size.
+        mbstd_class_groups: class-conditional D only: the statistic over groups of ``mbstd_group``
+            samples within each class (False: one group per class, the default).
         g_cond: how G sees the class: ``"onehot"`` (the one-hot label concatenated to z; default)
             or ``"embed"`` (a learned embedding, pixel-normalised, concatenated to z). Measured on
             the phantom radiographs (64², 4 CPU-minutes): ``embed`` collapsed to one image per
@@ -192,6 +194,7 @@ class ProGANParams(VariantParams):
     kimg_per_stage: float = 30.0
     fade_fraction: float = 0.5
     mbstd_group: int = 4
+    mbstd_class_groups: bool = False
     g_cond: str = "onehot"
 
 
@@ -212,7 +215,8 @@ class ProGAN(GANVariant):
         self.chans = progan_channels(cfg.size, cfg.width)
         self.max_stage = len(self.chans) - 1
         self.G = ProGenerator(cfg.latent_dim, self.chans, cfg.channels, cfg.num_classes, d, self.p.g_cond)
-        self.D = ProDiscriminator(self.chans, cfg.channels, cfg.num_classes, d, self.p.mbstd_group)
+        self.D = ProDiscriminator(self.chans, cfg.channels, cfg.num_classes, d, self.p.mbstd_group,
+                                  self.p.mbstd_class_groups)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
         self.register_buffer("alpha", torch.ones((), dtype=torch.float64))
