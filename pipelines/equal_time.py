@@ -123,6 +123,10 @@ def summarise(arm: str, run: Path, ev: dict) -> dict:
         "dcr_median": float(priv["dcr"]["median"]), "dcr_real_median": float(priv["dcr"]["real_median"]),
         "memorisation_flag": bool(priv["memorisation_flag"]),
         "encoder_fingerprint": fid["encoder"]["fingerprint"],
+        "per_class": {c: ({"skipped": d["skipped"]} if "skipped" in d else
+                          {"fd": _ms(d["fd"]), "fd_floor": _ms(d["fd_floor"]),
+                           **{k: _ms(d["prdc"][k]) for k in ("precision", "recall", "coverage")}})
+                      for c, d in fid.get("per_class", {}).items()},
     }
 
 
@@ -175,6 +179,19 @@ def markdown(res: dict) -> str:
             f"{r['precision']['mean']:.3f} | {r['recall']['mean']:.3f} | {r['density']['mean']:.3f} | "
             f"{r['coverage']['mean']:.3f} | {r['ms_ssim_synthetic']:.3f} | "
             f"{100 * r['dcr_frac_below_real_p1']:.1f} % | `grid_{r['arm'].replace(':', '_')}.png` |")
+    classes = sorted({c for r in rows for c, d in r.get("per_class", {}).items() if "skipped" not in d}, key=int)
+    if classes:
+        out += ["", "By class (the same split protocol within each class; FD floor in brackets): FD / recall / "
+                "coverage. Arms scored before per-class figures existed show –.", "",
+                "| arm | " + " | ".join(f"class {c}" for c in classes) + " |", "|" + " --- |" * (1 + len(classes))]
+        for r in rows:
+            cells = []
+            for c in classes:
+                d = r.get("per_class", {}).get(c)
+                cells.append("–" if not d or "skipped" in d else
+                             f"{d['fd']['mean']:.1f} ({d['fd_floor']['mean']:.1f}) / {d['recall']['mean']:.2f} / "
+                             f"{d['coverage']['mean']:.2f}")
+            out.append(f"| {r['arm']} | " + " | ".join(cells) + " |")
     out += ["", "Memorised: synthetic images closer (pixel L2) to a training image than the real 1st "
             "percentile of training-to-training distances (flag above 5 %). MS-SSIM: mean over random "
             "pairs of synthetic images (lower = more diverse; the real set's value in the header).",

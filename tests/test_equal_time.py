@@ -45,6 +45,20 @@ def test_markdown_compares_every_arm_with_the_reference():
     md = et.markdown(res)
     assert "| stylegan2:ada |" in md and "-10.0 (-25 %)" in md and "reference" in md
     assert md.count("\n| ") == 4  # header, separator, 2 arms
+    assert "By class" not in md  # no arm has per-class figures
+
+
+def test_markdown_adds_the_per_class_table():
+    ms = {"mean": 0.5, "sd": 0.1}
+    pc = {"0": {"fd": {"mean": 7.0, "sd": 1.0}, "fd_floor": {"mean": 6.0, "sd": 1.0}, "precision": ms,
+                "recall": {"mean": 0.8, "sd": 0.0}, "coverage": ms},
+          "1": {"skipped": "3 real / 250 synthetic images (needs >= 24 / 6)"}}
+    res = {"data": "d", "modality": "ct", "size": 64, "minutes": 20.0, "jobs": 1, "count": 500,
+           "encoder_fingerprint": "abc", "command": "c", "reference": "dcgan", "machine": "x", "torch": "2",
+           "date": "2026-11-27", "arms": [_row("dcgan", 40.0), dict(_row("progan", 30.0), per_class=pc)]}
+    md = et.markdown(res)
+    assert "| arm | class 0 |" in md and "| progan | 7.0 (6.0) / 0.80 / 0.50 |" in md and "| dcgan | – |" in md
+    assert "class 1" not in md  # skipped everywhere
 
 
 def test_scored_evaluation_is_reused_only_with_the_same_encoder(tmp_path):

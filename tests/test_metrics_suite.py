@@ -307,6 +307,29 @@ def test_report_section_reads_the_evaluation(tmp_path):
 
 
 @pytest.mark.slow
+def test_per_class_fidelity_finds_the_collapsed_class():
+    train = _blobs(96, seed=30)
+    yr = np.arange(96) % 2
+    g = torch.Generator().manual_seed(1)
+    good = _blobs(40, seed=31)  # class 0: fresh images from the real distribution
+    bad = train[1:2].repeat(40, 1, 1, 1) + 0.001 * torch.randn(40, 1, 32, 32, generator=g)  # class 1: one image
+    synth, ys = torch.cat([good, bad]), np.r_[np.zeros(40, int), np.ones(40, int)]
+    kw = dict(encoder=_Flatten(), modality="xray", seed=0, repeats=2, kid_subsets=5, ms_ssim_pairs=10,
+              train_labels=yr)
+    ev, _ = evaluate_sets(train, synth, synth_labels=ys, **kw)
+    pc = ev["fidelity"]["per_class"]
+    assert set(pc) == {"0", "1"} and pc["0"]["n_real"] == 48 and pc["1"]["n_synthetic"] == 40
+    assert pc["1"]["prdc"]["recall"]["mean"] < 0.1 < pc["0"]["prdc"]["recall"]["mean"]
+    assert pc["1"]["fd"]["mean"] > pc["0"]["fd"]["mean"]
+    assert "Fidelity by class" in evaluation_markdown(dict(ev, figures={}))
+    plain, _ = evaluate_sets(train, synth, **kw)  # per-class figures have their own RNG: pooled ones unchanged
+    assert "per_class" not in plain["fidelity"]
+    assert plain["fidelity"]["fd"] == ev["fidelity"]["fd"] and plain["fidelity"]["prdc"] == ev["fidelity"]["prdc"]
+    few = np.where((yr == 1) & (np.arange(96) >= 40), -1, yr)  # 20 known class-1 images: too few
+    small, _ = evaluate_sets(train, synth, synth_labels=ys, **{**kw, "train_labels": few})
+    assert "20 real" in small["fidelity"]["per_class"]["1"]["skipped"] and "fd" in small["fidelity"]["per_class"]["0"]
+
+
 def test_cli_evaluate_on_a_tiny_run(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -119,6 +119,49 @@ def split_indices(n_real: int, n_synth: int, repeats: int, rng: np.random.Genera
         yield perm[:h], perm[h: h + m], rng.permutation(n_synth)[:m]
 
 
+def per_class_fidelity(fr: np.ndarray, yr: np.ndarray, fs: np.ndarray, ys: np.ndarray, *, seed: int = 0,
+                       repeats: int = 5) -> dict:
+    """Feature-space fidelity within each class, with real-vs-real floors.
+
+    Per class ``c``: the floor protocol of :func:`split_indices` on the real rows of class ``c``
+    against the synthetic rows of class ``c`` (FD; precision, recall and coverage with
+    ``k = 5``, fewer when a class is small). Its own RNG (``[seed, 1]``), so adding it leaves the
+    pooled figures unchanged.
+
+    Args:
+        fr: ``(N, F)`` real training features; ``yr`` ``(N,)`` their classes (-1 = unknown).
+        fs: ``(M, F)`` synthetic features; ``ys`` ``(M,)`` the classes they were sampled for.
+
+    Returns:
+        ``{"<c>": {"n_real", "n_synthetic", "m", "fd", "fd_floor", "prdc", "prdc_floor"}}`` or
+        ``{"<c>": {"skipped": reason}}`` per class, ``"k"`` per class inside ``prdc``.
+    """
+    if len(yr) != len(fr) or len(ys) != len(fs):
+        raise MedsynthError("labels", f"{len(yr)} real / {len(ys)} synthetic labels for {len(fr)} / {len(fs)} images")
+    rng = np.random.default_rng([seed, 1])
+    out: dict[str, dict] = {}
+    keys = ("precision", "recall", "coverage")
+    for c in sorted(set(int(v) for v in yr) | set(int(v) for v in ys)):
+        if c < 0:
+            continue
+        r, sy = fr[yr == c], fs[ys == c]
+        if len(r) < 24 or len(sy) < 6:
+            out[str(c)] = {"skipped": f"{len(r)} real / {len(sy)} synthetic images (needs >= 24 / 6)"}
+            continue
+        m = min(len(r) // 2, len(sy))
+        k = 5 if m > 10 else max(1, m - 2)
+        fd_s, fd_r, pr_s, pr_r = [], [], [], []
+        for a, b, si in split_indices(len(r), len(sy), repeats, rng):
+            fd_s.append(frechet_distance(sy[si], r[a[:m]]))
+            fd_r.append(frechet_distance(r[b], r[a[:m]]))
+            pr_s.append(prdc(r[a], sy[si], k=k))
+            pr_r.append(prdc(r[a], r[b], k=k))
+        out[str(c)] = {"n_real": int(len(r)), "n_synthetic": int(len(sy)), "m": int(m),
+                       "fd": _mean_sd(fd_s), "fd_floor": _mean_sd(fd_r),
+                       "prdc": {**_agg(pr_s, keys), "k": int(k)}, "prdc_floor": _agg(pr_r, keys)}
+    return out
+
+
 def _images(x, name: str, min_n: int) -> torch.Tensor:
     x = torch.as_tensor(x).detach().to(torch.float32).cpu()
     if x.dim() not in (4, 5) or x.shape[1] != 1 or len(x) < min_n:
@@ -208,6 +251,7 @@ def evaluate_sets(
     d_score: Callable[[torch.Tensor, np.ndarray | None], np.ndarray] | None = None,
     train_labels=None,
     heldout_labels=None,
+    synth_labels=None,
     seed: int = 0,
     repeats: int = 5,
     kid_subsets: int = 50,
@@ -229,6 +273,11 @@ def evaluate_sets(
         d_score: optional ``f(images, labels) -> (n,) scores``, the discriminator attack;
             called once on training + held-out images together.
         train_labels, heldout_labels: ``(N,)`` / ``(K,)`` labels handed to ``d_score``.
+        synth_labels: ``(M,)`` class of each synthetic image. With ``train_labels`` it adds
+            ``fidelity.per_class``: the same split protocol within each class (FD, precision,
+            recall, coverage with their floors), so a conditional generator that covers one class
+            (say, benign) but not the other (malignant) is visible. Classes with fewer than 24
+            real or 6 synthetic images, or label -1, are listed as skipped.
         seed: seeds the real/real splits, subsamples, KID subsets, MS-SSIM pairs, bootstrap.
         repeats: random real/real splits for the floors (mean ± sd).
         kid_subsets: KID subsets per split.
@@ -301,6 +350,9 @@ def evaluate_sets(
             "train_info": dict(getattr(encoder, "train_info", {})),
         },
     }
+    if synth_labels is not None and train_labels is not None:
+        fid["per_class"] = per_class_fidelity(fr, np.asarray(train_labels).ravel(), fs,
+                                              np.asarray(synth_labels).ravel(), seed=seed, repeats=repeats)
     figures: dict[str, bytes] = {"fig_intensity.png": _fig_intensity(tr, sy, modality, ct_window)}
 
     # ---- privacy: DCR / NNDR in pixel space
@@ -412,6 +464,18 @@ def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                  f"{_f(dv['real']['mean'])} all real", "≈ real; higher = mode collapse"])
     out.append(("Fidelity (synthetic vs real, with the real-vs-real floor)",
                 ["metric", "synthetic vs real A (mean ± sd)", "real B vs real A (floor)", "better"], rows))
+    pc = fid.get("per_class")
+    if pc:
+        rows = []
+        for c, d in pc.items():
+            if "skipped" in d:
+                rows.append([c, "–", "–", "–", "–", "–", d["skipped"]])
+                continue
+            rows.append([c, f"{d['n_real']} / {d['n_synthetic']}", f"{_ms(d['fd'], 2)} ({_ms(d['fd_floor'], 2)})"]
+                        + [f"{_f(d['prdc'][key]['mean'])} ({_f(d['prdc_floor'][key]['mean'])})"
+                           for key in ("precision", "recall", "coverage")] + [""])
+        out.append(("Fidelity by class (the same protocol within each class; floor in brackets)",
+                    ["class", "real / synthetic", "FD", "precision", "recall", "coverage", "note"], rows))
     rows = []
     for key, lab in (("dcr", "DCR (pixel L2)"), ("nndr", "NNDR")):
         d = priv[key]
@@ -576,6 +640,7 @@ def evaluate_run(
         train_groups=tr.patient_ids, heldout_x=None if ho is None else ho.images,
         heldout_groups=None if ho is None else ho.patient_ids, d_score=d_score,
         train_labels=tr.labels.numpy(), heldout_labels=None if ho is None else ho.labels.numpy(),
+        synth_labels=None if labels is None else labels.numpy(),
         seed=seed, repeats=repeats, n_boot=n_boot,
     )
     ev["fidelity"]["encoder"]["source"] = enc_src
