@@ -306,7 +306,6 @@ def test_report_section_reads_the_evaluation(tmp_path):
     assert "eval_fig_closest_pairs.png" in doc.images
 
 
-@pytest.mark.slow
 def test_per_class_fidelity_finds_the_collapsed_class():
     train = _blobs(96, seed=30)
     yr = np.arange(96) % 2
@@ -330,6 +329,7 @@ def test_per_class_fidelity_finds_the_collapsed_class():
     assert "20 real" in small["fidelity"]["per_class"]["1"]["skipped"] and "fd" in small["fidelity"]["per_class"]["0"]
 
 
+@pytest.mark.slow
 def test_cli_evaluate_on_a_tiny_run(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -104,6 +104,11 @@ def _agg(dicts: list[dict], keys) -> dict:
     return {k: _mean_sd([d[k] for d in dicts]) for k in keys}
 
 
+def prdc_k(m: int) -> int:
+    """Neighbours for precision/recall/density/coverage on ``m`` rows: 5, fewer for tiny sets."""
+    return 5 if m > 10 else max(1, m - 2)
+
+
 def split_indices(n_real: int, n_synth: int, repeats: int, rng: np.random.Generator):
     """The floor protocol's random splits: per repeat ``(a, b, si)`` with ``a`` real half A (``h =
     n_real // 2`` rows), ``b`` the first ``m = min(h, n_synth)`` rows of real half B, ``si`` ``m``
@@ -149,7 +154,7 @@ def per_class_fidelity(fr: np.ndarray, yr: np.ndarray, fs: np.ndarray, ys: np.nd
             out[str(c)] = {"skipped": f"{len(r)} real / {len(sy)} synthetic images (needs >= 24 / 6)"}
             continue
         m = min(len(r) // 2, len(sy))
-        k = 5 if m > 10 else max(1, m - 2)
+        k = prdc_k(m)
         fd_s, fd_r, pr_s, pr_r = [], [], [], []
         for a, b, si in split_indices(len(r), len(sy), repeats, rng):
             fd_s.append(frechet_distance(sy[si], r[a[:m]]))
@@ -301,7 +306,7 @@ def evaluate_sets(
     fs = extract_features(encoder, sy)
     h = len(tr) // 2
     m = min(h, len(sy))
-    k = 5 if m > 10 else max(1, m - 2)
+    k = prdc_k(m)
     rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r")}
     for rep, (a, b, si) in enumerate(split_indices(len(tr), len(sy), repeats, rng)):
         rows["fd_s"].append(frechet_distance(fs[si], fr[a[:m]]))
