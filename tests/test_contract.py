@@ -57,6 +57,20 @@ def test_losses_finite_and_phase_parameters_move(name, dims):
 
 
 @pytest.mark.parametrize("name,dims", CASES)
+def test_phases_run_under_cpu_bf16_autocast(name, dims):
+    """``train.amp=auto`` is bf16 on CPUs with AMX: CPU autocast mixes bf16 (convolutions) and
+    fp32 (3D pooling, up-sampling) tensors, which every variant's losses must survive."""
+    torch.manual_seed(0)
+    model = build_model(_cfg(name, dims).model)
+    batch = _batch(model)
+    for phase in model.phases():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = model.loss(phase.name, batch, 0)
+        assert torch.isfinite(loss), f"phase {phase.name}"
+        loss.float().backward()
+
+
+@pytest.mark.parametrize("name,dims", CASES)
 def test_sample_shape_range_and_seed(name, dims):
     torch.manual_seed(0)
     model = build_model(_cfg(name, dims).model)

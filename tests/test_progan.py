@@ -115,3 +115,18 @@ def test_resume_mid_fade_is_exact(tmp_path):
     assert sa.keys() == sb.keys() and {"stage", "alpha", "batch_size"} <= set(sa)
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_fade_runs_under_cpu_bf16_autocast(dims):
+    """``train.amp=auto`` picks bf16 on CPUs with AMX: CPU autocast runs 3D pooling and
+    up-sampling in fp32 but convolutions in bf16, so the fade's two branches differ in dtype."""
+    torch.manual_seed(0)
+    m = build_model(_cfg(dims=dims, size=16 if dims == 2 else 8).model)
+    m.set_stage(1, 0.5)
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(torch.rand(8, 1, *[m.cfg.size] * dims, generator=g) * 2 - 1, torch.randint(0, 2, (8,), generator=g))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for phase in ("D", "G"):
+            loss, _ = m.loss(phase, batch, 0)
+            assert torch.isfinite(loss)

@@ -71,6 +71,7 @@ def test_auto_resolution_is_explained_and_bad_values_are_rejected():
     assert s.amp == ("bf16" if loop._cpu_has_bf16() else "off")
     assert any(n.startswith("amp auto") for n in s.notes)
     assert resolve_speed(_cfg("dcgan", amp="off", fused_adam=False).train).amp == "off"
+    assert resolve_speed(_cfg("dcgan", amp=False).train).amp == "off"  # `--set train.amp=off` parses as false
     with pytest.raises(MedsynthError, match="train.amp"):
         resolve_speed(_cfg("dcgan", amp="fp8").train)
     with pytest.raises(MedsynthError, match="train.compile"):

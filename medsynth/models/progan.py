@@ -63,6 +63,13 @@ def progan_channels(size: int, width: int) -> list[int]:
     return [int(width) * min(8, 2 ** (k - i)) for i in range(k + 1)]
 
 
+def _fade(old: Tensor, new: Tensor, alpha: float) -> Tensor:
+    """Fade-in blend ``old + alpha (new - old)`` in the wider of the two dtypes (under CPU bf16
+    autocast 3D pooling/up-sampling return fp32 while convolutions return bf16)."""
+    dt = torch.promote_types(old.dtype, new.dtype)
+    return torch.lerp(old.to(dt), new.to(dt), alpha)
+
+
 class ProGenerator(nn.Module):
     """Growing generator: z (+ class) -> 4^d -> (up, conv, conv)* -> toRGB per stage.
 
@@ -108,7 +115,7 @@ class ProGenerator(nn.Module):
             x = self._act(b(self._act(a(up2(x)))))
         img = self.to_rgb[stage](x)
         if stage > 0 and alpha < 1.0:
-            img = torch.lerp(up2(self.to_rgb[stage - 1](prev)), img, alpha)
+            img = _fade(up2(self.to_rgb[stage - 1](prev)), img, alpha)
         return img
 
 
@@ -143,7 +150,7 @@ class ProDiscriminator(nn.Module):
         if stage > 0:
             h = self._block(stage, h)
             if alpha < 1.0:
-                h = torch.lerp(F.leaky_relu(self.from_rgb[stage - 1](down2(x)), 0.2), h, alpha)
+                h = _fade(F.leaky_relu(self.from_rgb[stage - 1](down2(x)), 0.2), h, alpha)
             for k in range(stage - 1, 0, -1):
                 h = self._block(k, h)
         h = F.leaky_relu(self.conv_last(self.mbstd(h, labels if self.embed is not None else None)), 0.2)
@@ -275,7 +282,7 @@ class ProGAN(GANVariant):
         stage, alpha = int(self.stage), float(self.alpha)
         x = resize_to(x, 4 * 2**stage)
         if stage > 0 and alpha < 1.0:
-            x = torch.lerp(up2(down2(x)), x, alpha)
+            x = _fade(up2(down2(x)), x, alpha)
         return x
 
     def loss(self, phase: str, batch: Batch, step: int):

@@ -171,7 +171,7 @@ def resolve_speed(tc, local_rank: int = 0, spatial_dims: int = 2) -> Speed:
     """
     dev = resolve_device(str(tc.device), local_rank)
     notes: list[str] = []
-    amp = str(tc.amp)
+    amp = "off" if tc.amp is False else str(tc.amp)  # YAML reads a bare `off` as false
     if amp not in ("auto", "off", "bf16", "fp16"):
         raise MedsynthError("train.amp", f"must be auto, off, bf16 or fp16, got {amp!r}")
     if amp == "auto":
