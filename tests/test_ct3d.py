@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from medsynth.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-LIDC = ROOT.parent / "shared" / "data" / "lidc_nodules"
 runner = CliRunner()
 
 
@@ -68,7 +67,6 @@ def test_progan_3d_on_phantom_ct_volumes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (LIDC / "nodules_3d_32px.npz").is_file(), reason="../shared/data/lidc_nodules not present")
-def test_progan_3d_on_lidc_nodule_cubes(tmp_path):
-    _train_and_write(tmp_path, LIDC)
+def test_progan_3d_on_lidc_nodule_cubes(tmp_path, shared_data):  # skips without ../shared/data
+    _train_and_write(tmp_path, shared_data / "lidc_nodules")
     _check_outputs(tmp_path)
