@@ -5,34 +5,181 @@ Typical session::
     medsynth train --modality xray                 # embedded phantom radiographs, ~5 min on 2 cores
     medsynth generate runs/00000-xray-dcgan --count 400 --format dicom
     medsynth augment --synthetic runs/00000-xray-dcgan/synthetic/manifest.csv --out aug/
-    medsynth benchmark --real sample_data/manifest.csv --synthetic runs/00000-xray-dcgan
+    medsynth benchmark --data sample_data/manifest.csv --synthetic runs/00000-xray-dcgan
     medsynth report runs/00000-xray-dcgan
+
+One vocabulary: an option name means the same thing, with the same type, on every command.
+
+* ``--data`` (text) is the real data on every command that reads real images (train, augment,
+  benchmark, evaluate, report): a manifest CSV, a folder, an ``.npz`` or the LIDC folder. One name
+  because it is one concept, whichever role the real images play (training set, reference of a
+  fidelity audit, the real rows of an augmented manifest). Left out, it is the natural real data
+  of the command: the data the run was trained on where the command reads a run (evaluate,
+  report), the embedded phantom set otherwise (train, augment, benchmark); ``--data default``
+  names the phantom set explicitly. Other data sources (``--synthetic``, ``--domain-a``,
+  ``--domain-b``, ``--from``) are text of the same kind.
+* ``--seed`` is always one integer value; a number of seeds is ``--n-seeds`` (benchmark: seeds
+  0..N-1).
+* ``--out`` is always a folder (a path) the command writes into. Commands that name their own
+  folder per run write it inside ``--out`` (train: ``--out/NNNNN-<modality>-<model>/``, report:
+  ``--out/<run>/``); the others write their files directly in it.
+* ``--count`` is a number of synthetic images, ``--n-boot`` a number of bootstrap resamples.
+* Choices are ``Enum`` types: ``--help`` lists them and typer rejects anything else with its
+  one-line usage error (exit 2). Boolean options are ``--x/--no-x`` pairs.
+
+Deprecated spellings, still accepted for one release (rewritten to the new option before parsing,
+so they behave exactly like it, absent from ``--help``, and logged as a deprecation warning naming
+the new option); the table is :data:`RENAMED`:
+
+===========================  ==================
+old                          new
+===========================  ==================
+augment ``--real``           ``--data``
+benchmark ``--real``         ``--data``
+benchmark ``--seeds``        ``--n-seeds``
+evaluate ``--real``          ``--data``
+report ``--real``            ``--data``
+train ``--unconditional``    ``--no-conditional``
+===========================  ==================
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
+import typer.core
 
 from medsynth.errors import MedsynthError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+log = logging.getLogger("medsynth")
+
+#: Deprecated option spellings, per command: old -> new (kept for one release; see the module docstring).
+RENAMED: dict[str, dict[str, str]] = {
+    "augment": {"--real": "--data"},
+    "benchmark": {"--real": "--data", "--seeds": "--n-seeds"},
+    "evaluate": {"--real": "--data"},
+    "report": {"--real": "--data"},
+    "train": {"--unconditional": "--no-conditional"},
+}
+
+
+def _setup_logging() -> None:
+    """Log WARNING and above to stderr (INFO and above with ``MEDSYNTH_VERBOSE=1``)."""
+    level = logging.INFO if os.environ.get("MEDSYNTH_VERBOSE") == "1" else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medsynth").setLevel(level)
+
+
+def _rename_deprecated(command: str, args: list[str]) -> list[str]:
+    """``args`` of ``command`` with each deprecated spelling of :data:`RENAMED` (``--old`` or
+    ``--old=value``) replaced by the new one, each replacement logged as a deprecation warning.
+
+    Raises:
+        typer.BadParameter: both spellings of one option were given (a usage error, exit code 2).
+    """
+    renamed = RENAMED.get(command, {})
+    options = args[:args.index("--")] if "--" in args else args  # after "--": positional
+    given = {arg.partition("=")[0] for arg in options}
+    out = []
+    for arg in options:
+        opt, eq, value = arg.partition("=")
+        if opt in renamed:
+            if renamed[opt] in given:
+                raise typer.BadParameter(f"give {renamed[opt]} only ({opt} is its deprecated spelling)",
+                                         param_hint=f"'{opt}'")
+            _setup_logging()
+            log.warning("`medsynth %s %s` is deprecated and will be removed in the next release: use %s",
+                        command, opt, renamed[opt])
+            arg = renamed[opt] + eq + value
+        out.append(arg)
+    return out + args[len(options):]
+
+
+class _Group(typer.core.TyperGroup):
+    """The command group; accepts the deprecated spellings of :data:`RENAMED` (hidden from ``--help``)."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, _rename_deprecated(name or "", rest)
+
+
+# rich_markup_mode=None: plain help (flags without a `<bool>` type, choices as <a|b>) and the usual
+# one-line usage error for a bad value
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="medsynth: train GANs on chest X-ray / CT, write synthetic augmentation sets, "
                        "and measure whether they help tumour detection. Works offline.")
 
-log = logging.getLogger("medsynth")
+
+class Modality(str, Enum):
+    """``--modality``."""
+
+    xray = "xray"
+    ct = "ct"
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("medsynth").setLevel(logging.INFO if verbose else logging.WARNING)
+class ImageFormat(str, Enum):
+    """``generate --format``: the writers of :mod:`medsynth.data.writers`."""
+
+    png = "png"
+    dicom = "dicom"
+    nifti = "nifti"
+
+
+class Direction(str, Enum):
+    """``generate --direction``: CycleGAN translation A -> B or B -> A."""
+
+    a2b = "a2b"
+    b2a = "b2a"
+
+
+class CtWindow(str, Enum):
+    """``--ct-window``: the named windows of :data:`medsynth.data.windows.CT_WINDOWS`."""
+
+    lung = "lung"
+    mediastinal = "mediastinal"
+
+
+class Arch(str, Enum):
+    """``benchmark --arch``: :data:`medsynth.downstream.classifier.ARCHS`."""
+
+    cnn = "cnn"
+    monai = "monai"
+    resnet18 = "resnet18"
+    resnet10 = "resnet10"
+
+
+class Device(str, Enum):
+    """``benchmark --device`` (one GPU of several: ``CUDA_VISIBLE_DEVICES``)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class InceptionInput(str, Enum):
+    """``evaluate --inception-input``: :data:`medsynth.metrics.inception.INPUT_RANGES`."""
+
+    uint8 = "uint8"
+    unit = "unit"
+    sym = "sym"
+
+
+class XrayView(str, Enum):
+    """``sample-data --xray-view``: :data:`medsynth.phantom.sample.XRAY_VIEWS`."""
+
+    lung_spot = "lung_spot"
+    chest = "chest"
+
+
+_DATA_HELP = "real data: manifest CSV, folder, .npz or the LIDC folder; default: "
+_DATA_EMBEDDED = _DATA_HELP + "the embedded phantom set"
+_DATA_OF_RUN = _DATA_HELP + "the data the run was trained on"
 
 
 def _friendly(fn: Callable) -> Callable:
@@ -40,7 +187,7 @@ def _friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _setup_logging(os.environ.get("MEDSYNTH_VERBOSE") == "1")
+        _setup_logging()
         try:
             return fn(*args, **kwargs)
         except MedsynthError as exc:
@@ -65,8 +212,9 @@ def default_data() -> Path:
                                                     "make it with `medsynth sample-data --out sample_data`")
 
 
-def _data_source(source: str) -> str:
-    return str(default_data()) if source in ("", "default") else source
+def _data_source(source: str | None) -> str:
+    """A data source as given, with ``None``, ``""`` and ``"default"`` meaning the embedded phantom set."""
+    return str(default_data()) if source in (None, "", "default") else source
 
 
 def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_window: Any, split: str | None,
@@ -83,25 +231,34 @@ def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_wi
 @app.command()
 @_friendly
 def train(
-    modality: str = typer.Option("xray", help="xray or ct"),
-    model: str = typer.Option("dcgan", help="registered variant (see `medsynth models`)"),
-    data: str = typer.Option("default", help="manifest CSV, folder, .npz, or the LIDC folder; default: embedded phantoms"),
-    size: Optional[int] = typer.Option(None, help="image size (power of two)"),
-    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="2 (radiographs/slices) or 3 (CT volumes)"),
-    steps: Optional[int] = typer.Option(None, help="training steps"),
-    minutes: Optional[float] = typer.Option(None, help="wall-clock cap in minutes"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    seed: Optional[int] = typer.Option(None),
-    conditional: Optional[bool] = typer.Option(None, "--conditional/--unconditional",
-                                               help="class-conditional on the label column (nodule present)"),
-    out: str = typer.Option("runs", help="parent folder of run directories"),
-    preset: Optional[Path] = typer.Option(None, help="YAML preset (default: pipelines/<modality>_<model>.yaml)"),
-    set_: list[str] = typer.Option([], "--set", help="override any setting: --set model.width=16"),
-    resume: Optional[Path] = typer.Option(None, help="continue this run directory exactly from its last checkpoint"),
-    domain_a: Optional[str] = typer.Option(None, "--domain-a", help="two-domain variants (cyclegan, cogan): "
-                                           "domain A's folder/manifest (label 0); with --domain-b"),
-    domain_b: Optional[str] = typer.Option(None, "--domain-b", help="domain B's folder/manifest (label 1)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    modality: Annotated[Modality, typer.Option(help="imaging modality")] = Modality.xray,
+    model: Annotated[str, typer.Option(help="registered variant (see `medsynth models`)")] = "dcgan",
+    data: Annotated[Optional[str], typer.Option(help=_DATA_EMBEDDED)] = None,
+    size: Annotated[Optional[int], typer.Option(help="image size (power of two); default: the preset's")] = None,
+    spatial_dims: Annotated[Optional[int], typer.Option(
+        "--spatial-dims", min=2, max=3, help="2 (radiographs/slices) or 3 (CT volumes); default: the preset's")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="wall-clock cap in minutes")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="global batch (over all torchrun processes)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed; default: the preset's")] = None,
+    conditional: Annotated[Optional[bool], typer.Option(
+        "--conditional/--no-conditional", help="class-conditional on the label column (nodule present); "
+                                               "default: the preset's")] = None,
+    out: Annotated[Path, typer.Option(help="parent folder of run directories")] = Path("runs"),
+    preset: Annotated[Optional[str], typer.Option(
+        help="YAML preset: a file, or a packaged preset's name (medsynth/presets/, e.g. xray_stylegan2_gpu; "
+             "default: <modality>_<model>)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override any setting: --set model.width=16 (repeatable)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="continue this run directory exactly from its last checkpoint")] = None,
+    domain_a: Annotated[Optional[str], typer.Option(
+        "--domain-a", help="two-domain variants (cyclegan, cogan): domain A's folder/manifest (label 0); "
+                           "with --domain-b, instead of --data")] = None,
+    domain_b: Annotated[Optional[str], typer.Option(
+        "--domain-b", help="domain B's folder/manifest (label 1)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
 ):
     """Train a generator. Writes runs/NNNNN-<modality>-<model>/ (config, stats, grids, checkpoints)."""
     from medsynth import config as C
@@ -118,11 +275,11 @@ def train(
         cfg = C.from_dict({**cfg.to_dict(), **{k: {**cfg.to_dict()[k], **v} for k, v in extra.items()}})
         run_dir = resume
     else:
-        if modality not in ("xray", "ct"):
-            raise MedsynthError("--modality", f"must be xray or ct, got {modality!r}")
-        preset_path = preset or C.find_preset(modality, model)
-        base: dict[str, Any] = {"data": {"modality": modality, "source": data}, "model": {"name": model},
-                                "train": {"out": out}}
+        preset_path = preset or C.find_preset(modality.value, model)
+        base: dict[str, Any] = {"data": {"modality": modality.value}, "model": {"name": model},
+                                "train": {"out": str(out)}}
+        if data is not None:
+            base["data"]["source"] = data
         for section, key, value in [("data", "size", size), ("data", "spatial_dims", spatial_dims),
                                     ("train", "steps", steps), ("train", "minutes", minutes),
                                     ("train", "batch_size", batch_size), ("train", "seed", seed)]:
@@ -133,11 +290,11 @@ def train(
         if (domain_a is None) != (domain_b is None):
             raise MedsynthError("--domain-a/--domain-b", "give both domains (or neither)")
         if domain_a is not None:
-            if data != "default":
+            if data is not None:
                 raise MedsynthError("--data", "give either --data or --domain-a/--domain-b, not both")
             base["data"].update(source=domain_a, domain_b=domain_b)
             base["model"]["num_classes"] = 2
-        cfg = C.resolve(preset=preset_path, overrides=set_, base=base)
+        cfg = C.resolve(preset=preset_path, overrides=set_ or [], base=base)
         if cfg.data.source in ("", "default"):
             cfg.data.source = str(default_data())
         run_dir = None
@@ -158,25 +315,27 @@ def train(
 @app.command()
 @_friendly
 def generate(
-    run: Path = typer.Argument(..., help="run directory (or checkpoint file)"),
-    count: int = typer.Option(100, help="number of images"),
-    class_: Optional[int] = typer.Option(None, "--class", help="class label for all images (conditional models)"),
-    seed: int = typer.Option(0),
-    fmt: str = typer.Option("png", "--format", help="png, dicom or nifti"),
-    truncation: Optional[float] = typer.Option(None, help="truncation psi in [0, 1] (StyleGAN2, BigGAN): fidelity/diversity dial"),
-    from_: Optional[Path] = typer.Option(None, "--from", help="translate the images of this folder/manifest (CycleGAN)"),
-    direction: str = typer.Option("a2b", help="translation direction with --from: a2b or b2a"),
-    pairs: bool = typer.Option(False, "--pairs", help="write aligned pairs of both domains (CoGAN)"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default RUN/synthetic)"),
+    run: Annotated[Path, typer.Argument(help="run directory (or checkpoint file)")],
+    count: Annotated[int, typer.Option(help="number of synthetic images")] = 100,
+    class_: Annotated[Optional[int], typer.Option(
+        "--class", help="class label for all images (conditional models); default: classes in turn")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the latents")] = 0,
+    fmt: Annotated[ImageFormat, typer.Option("--format", help="file format")] = ImageFormat.png,
+    truncation: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="truncation psi (StyleGAN2, BigGAN): fidelity/diversity dial")] = None,
+    from_: Annotated[Optional[str], typer.Option(
+        "--from", help="translate the images of this folder/manifest (CycleGAN)")] = None,
+    direction: Annotated[Direction, typer.Option(help="translation direction with --from")] = Direction.a2b,
+    pairs: Annotated[bool, typer.Option(
+        "--pairs/--no-pairs", help="write aligned pairs of both domains (CoGAN)")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="output folder; default: RUN/synthetic")] = None,
 ):
     """Write synthetic images (marked synthetic) and a manifest.csv."""
     import torch
 
     from medsynth.data.writers import SyntheticInfo, write_synthetic_set
-    from medsynth.train.loop import load_trained
+    from medsynth.runs import load_trained
 
-    if fmt not in ("png", "dicom", "nifti"):
-        raise MedsynthError("--format", f"must be png, dicom or nifti, got {fmt!r}")
     cfg, model, ck = load_trained(run)
     if truncation is not None and not model.supports_truncation:
         raise MedsynthError("--truncation", f"model {cfg.model.name!r} has no truncation trick (stylegan2, biggan do)")
@@ -186,26 +345,25 @@ def generate(
     g = torch.Generator().manual_seed(seed)
     d = cfg.data
     if from_ is not None:
-        if not hasattr(model, "translate"):
+        if not model.supports_translation:
             raise MedsynthError("--from", f"model {cfg.model.name!r} does not translate images (use a CycleGAN run)")
-        if direction not in ("a2b", "b2a"):
-            raise MedsynthError("--direction", f"must be a2b or b2a, got {direction!r}")
-        src = _load_set(str(from_), modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+        src = _load_set(from_, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
                         ct_window=d.ct_window, split=None)
         with torch.no_grad():
-            images = torch.cat([model.translate(src.images[i:i + 64], direction=direction)
+            images = torch.cat([model.translate(src.images[i:i + 64], direction=direction.value)
                                 for i in range(0, len(src), 64)]).clamp(-1, 1)
-        lab = torch.full((len(images),), 1 if direction == "a2b" else 0, dtype=torch.long)
-        df = write_synthetic_set(out, images, lab, modality=d.modality, fmt=fmt, info=info, ct_window=d.ct_window)
-        typer.echo(f"translated {len(df)} images ({direction}) from {from_} -> {out} (manifest.csv)")
+        lab = torch.full((len(images),), 1 if direction is Direction.a2b else 0, dtype=torch.long)
+        df = write_synthetic_set(out, images, lab, modality=d.modality, fmt=fmt.value, info=info,
+                                 ct_window=d.ct_window)
+        typer.echo(f"translated {len(df)} images ({direction.value}) from {from_} -> {out} (manifest.csv)")
         return
     if pairs:
-        if not hasattr(model, "sample_pairs"):
+        if not model.supports_pairs:
             raise MedsynthError("--pairs", f"model {cfg.model.name!r} does not make coupled pairs (use a CoGAN run)")
         x1, x2 = model.sample_pairs(count, generator=g)
         for dom, x in ((0, x1), (1, x2)):
             write_synthetic_set(out / f"domain{dom}", x, torch.full((count,), dom, dtype=torch.long),
-                                modality=d.modality, fmt=fmt, info=info, ct_window=d.ct_window)
+                                modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
         typer.echo(f"wrote {count} aligned pairs -> {out}/domain0, {out}/domain1 (same row = same latent)")
         return
     labels = None
@@ -218,25 +376,26 @@ def generate(
         raise MedsynthError("--class", "this model is unconditional")
     images = model.sample(count, labels=labels, generator=g, truncation=truncation)
     lab = labels if labels is not None else torch.full((count,), -1, dtype=torch.long)
-    df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt, info=info,
+    df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt.value, info=info,
                              ct_window=cfg.data.ct_window)
-    typer.echo(f"wrote {len(df)} synthetic {fmt} images -> {out} (manifest.csv)")
+    typer.echo(f"wrote {len(df)} synthetic {fmt.value} images -> {out} (manifest.csv)")
 
 
 @app.command()
 @_friendly
 def augment(
-    synthetic: Path = typer.Option(..., help="synthetic manifest.csv (from `medsynth generate`)"),
-    real: str = typer.Option("default", help="real manifest CSV (default: embedded phantoms)"),
-    modality: str = typer.Option("xray"),
-    out: Path = typer.Option(..., help="output folder for the augmented manifest"),
+    synthetic: Annotated[str, typer.Option(help="synthetic manifest.csv (from `medsynth generate`)")],
+    out: Annotated[Path, typer.Option(help="output folder for the augmented manifest.csv")],
+    data: Annotated[Optional[str], typer.Option(
+        help="real data: a manifest CSV; default: the embedded phantom set")] = None,
+    modality: Annotated[Modality, typer.Option(help="modality of the real rows kept")] = Modality.xray,
 ):
     """Write an augmented dataset manifest: every real row (its split kept) + synthetic rows in the
     training split, each marked source=real|synthetic. Files are referenced, not copied."""
     from medsynth.data.manifest import read_manifest, select_rows, write_manifest
     import pandas as pd
 
-    real_df = select_rows(read_manifest(_data_source(real)), modality=modality)
+    real_df = select_rows(read_manifest(_data_source(data)), modality=modality.value)
     syn_df = read_manifest(synthetic)
     real_df = real_df.assign(source="real")
     syn_df = syn_df.assign(source="synthetic", split="train")
@@ -253,7 +412,7 @@ def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial
     import torch
 
     from medsynth.data.dataset import ImageSet
-    from medsynth.train.loop import load_trained
+    from medsynth.runs import load_trained
 
     p = Path(spec)
     if p.is_dir() and (p / "checkpoints").exists():
@@ -275,51 +434,66 @@ def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial
 @app.command()
 @_friendly
 def benchmark(
-    real: str = typer.Option("default", help="real data with patient-level splits: manifest CSV or the LIDC folder"),
-    synthetic: Optional[str] = typer.Option(None, help="run directory (sampled now) or synthetic manifest CSV"),
-    modality: str = typer.Option("xray"),
-    size: int = typer.Option(64),
-    spatial_dims: int = typer.Option(2, "--spatial-dims"),
-    ct_window: str = typer.Option("lung", "--ct-window"),
-    fractions: str = typer.Option("0.1,0.25,1.0", help="real training fractions"),
-    seeds: int = typer.Option(5, help="number of seeds (>= 5 recommended)"),
-    arms: str = typer.Option("all", help="comma list of arms: real, real+classic, real+synthetic, "
-                             "real+classic+synthetic, synthetic-only; 'all' = every arm the data allows"),
-    arch: str = typer.Option("cnn", help="classifier: cnn (position-invariant), monai, resnet18, resnet10"),
-    device: str = typer.Option("cpu", help="torch device for classifier training (cpu, cuda)"),
-    epochs: int = typer.Option(15),
-    synthetic_ratio: float = typer.Option(1.0, "--synthetic-ratio", help="synthetic images per real training image"),
-    n_boot: int = typer.Option(1000, "--n-boot"),
-    min_steps: int = typer.Option(100, "--min-steps", help="at least this many optimiser steps (small fractions)"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/benchmark or benchmarks/<name>)"),
+    data: Annotated[Optional[str], typer.Option(
+        help="real data with patient-level splits: manifest CSV, folder, .npz or the LIDC folder; "
+             "default: the embedded phantom set")] = None,
+    synthetic: Annotated[Optional[str], typer.Option(
+        help="run directory (sampled now) or synthetic manifest CSV; default: none (real arms only)")] = None,
+    modality: Annotated[Modality, typer.Option(help="imaging modality")] = Modality.xray,
+    size: Annotated[int, typer.Option(help="image size (power of two)")] = 64,
+    spatial_dims: Annotated[int, typer.Option(
+        "--spatial-dims", min=2, max=3, help="2 (radiographs/slices) or 3 (CT volumes)")] = 2,
+    ct_window: Annotated[CtWindow, typer.Option("--ct-window", help="CT display window")] = CtWindow.lung,
+    fractions: Annotated[str, typer.Option(help="comma list of real training fractions")] = "0.1,0.25,1.0",
+    n_seeds: Annotated[int, typer.Option(
+        "--n-seeds", min=1, help="number of classifier seeds (0..N-1; >= 5 recommended)")] = 5,
+    arms: Annotated[str, typer.Option(
+        help="comma list of arms: real, real+classic, real+synthetic, real+classic+synthetic, synthetic-only; "
+             "'all' = every arm the data allows")] = "all",
+    arch: Annotated[Arch, typer.Option(
+        help="classifier: cnn (position-invariant), monai, resnet18, resnet10")] = Arch.cnn,
+    device: Annotated[Device, typer.Option(help="torch device for classifier training")] = Device.cpu,
+    epochs: Annotated[int, typer.Option(help="classifier training epochs")] = 15,
+    synthetic_ratio: Annotated[float, typer.Option(
+        "--synthetic-ratio", help="synthetic images per real training image")] = 1.0,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples for the CIs and tests")] = 1000,
+    min_steps: Annotated[int, typer.Option(
+        "--min-steps", help="at least this many optimiser steps (small fractions)")] = 100,
+    out: Annotated[Optional[Path], typer.Option(
+        help="output folder; default: RUN/benchmark, or benchmarks/<modality>-<data name>")] = None,
 ):
     """Tumour classifier per arm (real, +classic augmentation, +synthetic, both, synthetic-only) at reduced
     real fractions, several seeds, patient-held-out test set: AUROC, sens@90%spec, spec@90%sens with
     patient-bootstrap 95% CIs and paired bootstrap tests against real-only."""
-    from pipelines.benchmark import run_benchmark, write_benchmark
+    from medsynth.downstream.benchmark import run_benchmark, write_benchmark
+    from medsynth.results import read_benchmark
 
-    fr = tuple(float(f) for f in fractions.split(","))
-    real_set = _load_set(real, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window, split=None)
+    try:
+        fr = tuple(float(f) for f in fractions.split(","))
+    except ValueError:
+        raise MedsynthError("--fractions", f"must be a comma list of numbers, got {fractions!r}") from None
+    real_set = _load_set(data, modality=modality.value, size=size, spatial_dims=spatial_dims,
+                         ct_window=ct_window.value, split=None)
     syn_set = None
     if synthetic:
         n_train = sum(s == "train" for s in real_set.splits)
         syn_set = _synthetic_set(synthetic, real_set, count=max(2, int(round(synthetic_ratio * n_train))), seed=1234,
-                                 size=size, spatial_dims=spatial_dims, modality=modality, ct_window=ct_window)
+                                 size=size, spatial_dims=spatial_dims, modality=modality.value,
+                                 ct_window=ct_window.value)
     t0 = time.perf_counter()
     arm_list = None if arms.strip() == "all" else tuple(a.strip() for a in arms.split(",") if a.strip())
     if arm_list is None and syn_set is None:
         typer.echo("no --synthetic: running the real and real+classic arms only")
-    result = run_benchmark(real_set, syn_set, arms=arm_list, fractions=fr, seeds=tuple(range(seeds)),
+    result = run_benchmark(real_set, syn_set, arms=arm_list, fractions=fr, seeds=tuple(range(n_seeds)),
                            epochs=epochs, synthetic_ratio=synthetic_ratio, n_boot=n_boot, min_steps=min_steps,
-                           classifier_kwargs={"arch": arch, "device": device})
+                           classifier_kwargs={"arch": arch.value, "device": device.value})
     if out is None:
         sp = Path(synthetic) if synthetic else None
-        out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality}-{Path(real).stem or 'data'}"
+        name = Path(data or "default").stem or "data"
+        out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality.value}-{name}"
     write_benchmark(result, out)
     typer.echo(f"benchmark ({time.perf_counter() - t0:.0f}s) -> {out}")
-    summ = out / "results.json"
-    if summ.exists():
-        typer.echo(_benchmark_table(json.loads(summ.read_text())))
+    typer.echo(_benchmark_table(read_benchmark(out)))
 
 
 def _benchmark_table(res: dict) -> str:
@@ -342,54 +516,51 @@ def _benchmark_table(res: dict) -> str:
 @app.command()
 @_friendly
 def report(
-    run: Path = typer.Argument(..., help="run directory"),
-    real: Optional[str] = typer.Option(None, help="real data (default: the run's training data)"),
-    benchmark_dir: Optional[Path] = typer.Option(None, "--benchmark", help="benchmark folder (default RUN/benchmark)"),
-    count: int = typer.Option(500, help="synthetic images sampled for the fidelity/privacy audit"),
-    seed: int = typer.Option(0),
-    out: Path = typer.Option(Path("reports"), help="parent folder of reports"),
-    encoder: Optional[Path] = typer.Option(None, help="saved feature encoder (keeps FD comparable across reports)"),
-    encoder_steps: int = typer.Option(300, "--encoder-steps", help="steps when the encoder is trained here"),
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    real: Annotated[Optional[str], typer.Option("--data", help=_DATA_OF_RUN)] = None,
+    benchmark_dir: Annotated[Optional[Path], typer.Option(
+        "--benchmark", help="benchmark folder; default: RUN/benchmark")] = None,
+    count: Annotated[int, typer.Option(
+        help="number of synthetic images sampled for the fidelity/privacy audit")] = 500,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    out: Annotated[Path, typer.Option(help="parent folder of report folders")] = Path("reports"),
+    encoder: Annotated[Optional[Path], typer.Option(
+        help="saved feature encoder (keeps FD comparable across reports)")] = None,
+    encoder_steps: Annotated[int, typer.Option(
+        "--encoder-steps", help="steps when the encoder is trained here")] = 300,
 ):
     """Markdown + HTML + JSON report in reports/<run>/: a one-page summary (augmentation benefit per arm with
     CIs and paired p-values, memorisation and membership inference, fidelity vs the real floor), then fidelity,
-    privacy (with RUN/evaluate/ from `medsynth evaluate`), benchmark and provenance sections."""
-    import torch
-
-    from medsynth.report.build import build_report
-    from medsynth.train.loop import load_trained
+    privacy, benchmark and provenance sections. It shows RUN/evaluate/ (running `medsynth evaluate` first, with
+    --data/--count/--seed/--encoder/--encoder-steps, when the run has none) and the benchmark's results.json."""
+    from medsynth.report import build_report
 
     if benchmark_dir is not None and not benchmark_dir.is_dir():
         raise MedsynthError(benchmark_dir, "benchmark folder not found")
-    cfg, model, _ = load_trained(run)
-    d = cfg.data
-    real_set = _load_set(real or d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
-                         ct_window=d.ct_window, split="train", domain_b=None if real else d.domain_b)
-    labels = (torch.arange(count) % model.num_classes) if model.num_classes > 0 else None
-    syn = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
-    bdir = benchmark_dir or (run / "benchmark")
-    path = build_report(run, real_train=real_set, synthetic=syn, synthetic_labels=labels, out_root=out,
-                        benchmark_dir=bdir if bdir.exists() else None, seed=seed, encoder=encoder,
-                        encoder_steps=encoder_steps)
+    path = build_report(run, out_root=out, benchmark_dir=benchmark_dir, real=real, count=count, seed=seed,
+                        encoder=encoder, encoder_steps=encoder_steps)
     typer.echo(f"report -> {path}")
 
 
 @app.command()
 @_friendly
 def evaluate(
-    run: Path = typer.Argument(..., help="run directory"),
-    real: Optional[str] = typer.Option(None, help="real data (default: the run's training data source)"),
-    count: int = typer.Option(500, help="synthetic images sampled"),
-    seed: int = typer.Option(0),
-    encoder: Optional[Path] = typer.Option(None, help="saved feature encoder (keeps features fixed across runs)"),
-    encoder_steps: int = typer.Option(300, "--encoder-steps", help="steps when the encoder is trained here"),
-    repeats: int = typer.Option(5, help="random real/real splits for the floors"),
-    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for attack AUROC CIs"),
-    inception_weights: Optional[Path] = typer.Option(
-        None, "--inception-weights", help="local TorchScript Inception feature network: adds the standard "
-                                          "Inception FID (never downloaded)"),
-    inception_input: str = typer.Option("uint8", "--inception-input",
-                                        help="that network's input range: uint8 (0..255), unit, sym"),
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    data: Annotated[Optional[str], typer.Option(help=_DATA_OF_RUN)] = None,
+    count: Annotated[int, typer.Option(help="number of synthetic images sampled")] = 500,
+    seed: Annotated[int, typer.Option(help="random seed of sampling, encoder, splits and bootstraps")] = 0,
+    encoder: Annotated[Optional[Path], typer.Option(
+        help="saved feature encoder (keeps features fixed across runs); default: trained here")] = None,
+    encoder_steps: Annotated[int, typer.Option(
+        "--encoder-steps", help="steps when the encoder is trained here")] = 300,
+    repeats: Annotated[int, typer.Option(help="random real/real splits for the floors")] = 5,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples for attack AUROC CIs")] = 1000,
+    inception_weights: Annotated[Optional[Path], typer.Option(
+        "--inception-weights", help="local TorchScript Inception feature network: adds the standard "
+                                    "Inception FID (never downloaded)")] = None,
+    inception_input: Annotated[InceptionInput, typer.Option(
+        "--inception-input", help="that network's input range: uint8 (0..255), unit (0..1), sym (-1..1)")
+    ] = InceptionInput.uint8,
 ):
     """Fidelity (FD, KID, precision/recall, density/coverage, intensity, MS-SSIM diversity, each with a
     real-vs-real floor) and privacy (DCR/NNDR, closest pairs, membership inference with a control)
@@ -397,33 +568,30 @@ def evaluate(
     from medsynth.metrics.evaluate import evaluate_run
 
     t0 = time.perf_counter()
-    path = evaluate_run(run, real=real, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps,
+    path = evaluate_run(run, real=data, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps,
                         repeats=repeats, n_boot=n_boot, inception_weights=inception_weights,
-                        inception_input=inception_input)
+                        inception_input=inception_input.value)
     typer.echo(f"evaluation ({time.perf_counter() - t0:.0f}s) -> {path} (and evaluation.md)")
 
 
 @app.command("sample-data")
 @_friendly
 def sample_data(
-    out: Path = typer.Option(Path("sample_data"), help="output folder"),
-    n_xray: int = typer.Option(420, "--n-xray", help="patients with radiographs (DICOM DX)"),
-    n_ct: int = typer.Option(300, "--n-ct", help="patients with an axial CT slice (NIfTI)"),
-    n_png: int = typer.Option(30, "--n-png", help="radiographs also written as PNG"),
-    seed: int = typer.Option(0),
-    xray_view: str = typer.Option("lung_spot", "--xray-view",
-                                  help="radiograph view: lung_spot (64 mm field near a nodule site, 1 mm "
-                                       "pixels: the detection task) or chest (whole chest, 384 mm field)"),
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("sample_data"),
+    n_xray: Annotated[int, typer.Option("--n-xray", help="patients with radiographs (DICOM DX)")] = 420,
+    n_ct: Annotated[int, typer.Option("--n-ct", help="patients with an axial CT slice (NIfTI)")] = 300,
+    n_png: Annotated[int, typer.Option("--n-png", help="radiographs also written as PNG")] = 30,
+    seed: Annotated[int, typer.Option(help="random seed of the phantoms")] = 0,
+    xray_view: Annotated[XrayView, typer.Option(
+        "--xray-view", help="radiograph view: lung_spot (64 mm field near a nodule site, 1 mm pixels: the "
+                            "detection task) or chest (whole chest, 384 mm field)")] = XrayView.lung_spot,
 ):
     """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
     from medsynth.phantom import generate_sample_data
-    from medsynth.phantom.sample import XRAY_VIEWS
 
-    if xray_view not in XRAY_VIEWS:
-        raise MedsynthError("--xray-view", f"must be one of {', '.join(XRAY_VIEWS)}, got {xray_view!r}")
     t0 = time.perf_counter()
     manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed,
-                                    xray_view=xray_view)
+                                    xray_view=xray_view.value)
     typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
 
 
@@ -440,7 +608,7 @@ def models():
 
 @app.command()
 @_friendly
-def info(path: Path = typer.Argument(..., help="a file or folder")):
+def info(path: Annotated[Path, typer.Argument(help="a file or folder")]):
     """What medsynth reads from a file or folder: modality, shape, spacing, intensities, labels."""
     from medsynth.data.info import describe
 

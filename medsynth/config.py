@@ -1,4 +1,4 @@
-"""Run configuration: dataclass defaults -> YAML preset (``pipelines/*.yaml``) -> ``--set key=value``.
+"""Run configuration: dataclass defaults -> YAML preset (``medsynth/presets/*.yaml``) -> ``--set key=value``.
 
 The resolved config is a plain nested dict when saved (``config.yaml`` in every run directory)
 and inside checkpoints, so it loads with ``torch.load(weights_only=True)``.
@@ -18,7 +18,8 @@ from medsynth.errors import MedsynthError
 
 #: The repository / installed package root (parent of ``medsynth/``).
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-PRESET_DIR = PACKAGE_ROOT / "pipelines"
+#: The presets shipped with the package (package data): ``<modality>_<model>[_gpu].yaml``.
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass
@@ -100,7 +101,7 @@ class TrainConfig:
             scaler), ``"fp16"`` (autocast with ``torch.amp.GradScaler``) or ``"auto"`` (bf16
             where measured to help: CUDA with bf16 support, CPUs with AVX512-BF16).
         channels_last: channels-last memory format for model and images (``"auto"``: on where
-            measured to help, 2D on CPU; see ``medsynth.train.loop.resolve_speed``), ``true`` or ``false``.
+            measured to help, 2D on CPU; see ``medsynth.train.speed.resolve_speed``), ``true`` or ``false``.
         compile: ``torch.compile`` the modules the phases update (``"auto"``: off; small CPU gain
             for minutes of compilation), ``true`` or ``false``.
         fused_adam: Adam's fused kernel (``"auto"``: on where torch has one for the device).
@@ -202,10 +203,37 @@ def _nest(path: list[str], value: Any) -> dict[str, Any]:
     return out
 
 
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package (``xray_dcgan``, ``ct3d_progan_gpu``...)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
 def find_preset(modality: str, model: str) -> Path | None:
-    """The preset ``pipelines/<modality>_<model>.yaml`` if it exists."""
+    """The packaged preset ``<modality>_<model>`` (``medsynth/presets/<modality>_<model>.yaml``) if it exists."""
     p = PRESET_DIR / f"{modality}_{model}.yaml"
     return p if p.exists() else None
+
+
+def locate_preset(spec: str | Path) -> Path:
+    """The preset file ``spec`` names: a YAML file's path, else a packaged preset's name.
+
+    Args:
+        spec: a path to a YAML file (``my/preset.yaml``), or the name of a preset shipped in
+            ``medsynth/presets/`` with or without ``.yaml`` (``xray_stylegan2_gpu``). An existing
+            file wins over a packaged name.
+
+    Raises:
+        MedsynthError: ``spec`` is neither an existing file nor a packaged preset's name.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        packaged = PRESET_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+        if packaged.is_file():
+            return packaged
+    raise MedsynthError(path, "preset not found: neither a file nor a packaged preset "
+                              f"({', '.join(preset_names())})")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -229,12 +257,13 @@ def resolve(
 ) -> RunConfig:
     """Defaults <- preset YAML <- ``base`` dict (CLI options) <- ``--set`` overrides.
 
-    The model's ``size``/``spatial_dims`` are copied from the data section so saved models are
+    ``preset`` is a YAML file's path or a packaged preset's name (:func:`locate_preset`). The
+    model's ``size``/``spatial_dims`` are copied from the data section so saved models are
     self-describing.
     """
     cfg = RunConfig()
     if preset is not None:
-        cfg = _merge(cfg, load_yaml(preset), str(preset))
+        cfg = _merge(cfg, load_yaml(locate_preset(preset)), str(preset))
     if base:
         cfg = _merge(cfg, base, "command line")
     for text in overrides or []:

@@ -12,16 +12,36 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def bce_real_loss(real_logits: Tensor, real_target: float = 1.0) -> Tensor:
+    """The real half of the discriminator BCE: ``real_logits`` -> ``real_target`` (one-sided label
+    smoothing when < 1)."""
+    return F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
+
+
+def bce_fake_loss(fake_logits: Tensor) -> Tensor:
+    """The fake half of the discriminator BCE: ``fake_logits`` -> 0."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
 def bce_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
     """Discriminator BCE: real -> ``real_target`` (one-sided label smoothing when < 1), fake -> 0."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return real + fake
+    return bce_real_loss(real_logits, real_target) + bce_fake_loss(fake_logits)
 
 
 def bce_g_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss ``-log D(G(z))``."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def logistic_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """StyleGAN's logistic discriminator loss ``E[softplus(D(fake))] + E[softplus(-D(real))]`` (the
+    BCE with targets 1/0, written with softplus)."""
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+
+
+def logistic_g_loss(fake_logits: Tensor) -> Tensor:
+    """StyleGAN's non-saturating generator loss ``E[softplus(-D(G(z)))]``."""
+    return F.softplus(-fake_logits).mean()
 
 
 def wgan_d_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
@@ -54,6 +74,24 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
+def wgan_gp_d_loss(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, real_scores: Tensor,
+                   fake_scores: Tensor, *, gp_weight: float, drift_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The WGAN-GP critic loss with drift (Gulrajani et al. 2017; Karras et al. 2018):
+    ``E[D(fake)] - E[D(real)] + gp_weight * GP + drift_weight * E[D(real)^2]``.
+
+    Args:
+        critic: maps images to scores (for the gradient penalty on interpolates).
+        real, fake: ``(N, C, *S)`` images the critic scored (augmented; ``fake`` made under no_grad).
+        real_scores, fake_scores: the critic's scores ``(N,)`` of ``real`` and ``fake``.
+    Returns:
+        ``(loss, w, gp)``: the scalar loss, the critic term ``E[D(fake)] - E[D(real)]`` (minus the
+        Wasserstein estimate) and the unweighted gradient penalty.
+    """
+    w = wgan_d_loss(real_scores, fake_scores)
+    gp = gradient_penalty(critic, real, fake)
+    return w + gp_weight * gp + drift_weight * drift_penalty(real_scores), w, gp
+
+
 def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
     """R1 ``E[||grad D(x)||^2]`` on real images (Mescheder et al. 2018), unweighted.
 
@@ -84,10 +122,10 @@ def minimax_g_loss(fake_logits: Tensor) -> Tensor:
     return -F.softplus(fake_logits).mean()
 
 
-def lsgan_d_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """Least-squares discriminator loss ``0.5 (E[(D(real) - 1)^2] + E[D(fake)^2])`` (Mao et al. 2017).
-    Scores of any shape (e.g. PatchGAN maps)."""
-    return 0.5 * ((real_scores - 1.0).pow(2).mean() + fake_scores.pow(2).mean())
+def lsgan_d_term(scores: Tensor, target: float) -> Tensor:
+    """One half of the least-squares discriminator loss ``0.5 E[(D(x) - target)^2]`` (Mao et al.
+    2017): target 1 for real, 0 for fake images. Scores of any shape (e.g. PatchGAN maps)."""
+    return 0.5 * (scores - target).pow(2).mean()
 
 
 def lsgan_g_loss(fake_scores: Tensor) -> Tensor:

@@ -257,3 +257,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def train_tiny_cli_run(folder, images):
+    """``medsynth train`` (CLI, DCGAN width 8, 2 steps, 32²) on a 48-image ``tiny.npz`` written from
+    ``images`` ``(48, 32, 32)`` in detector-like units, in ``folder`` (the current directory);
+    returns ``(runner, run directory)``."""
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app
+
+    np.savez(Path(folder) / "tiny.npz", images=images, labels=np.arange(48) % 2,
+             patient_ids=[f"p{i}" for i in range(48)], splits=["train"] * 32 + ["val"] * 8 + ["test"] * 8)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--modality", "xray", "--data", "tiny.npz", "--size", "32", "--steps", "2",
+                            "--set", "model.width=8", "--set", "train.batch_size=16", "--out", "runs",
+                            "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return runner, Path(folder) / "runs" / "00000-xray-dcgan"

@@ -1,4 +1,4 @@
-"""Differentiable / adaptive augmentation of D's input (medsynth.train.augment) and its engine wiring."""
+"""Differentiable / adaptive augmentation of D's input (medsynth.models.augment) and its engine wiring."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import torch
 from medsynth.config import resolve
 from medsynth.errors import MedsynthError
 from medsynth.models.registry import get_model, build_model, list_models
-from medsynth.train import augment as A
-from medsynth.train.loop import load_trained, train
+from medsynth.models import augment as A
+from medsynth.models.base import StepInfo
+from medsynth.runs import load_trained
+from medsynth.train.loop import train
 
 
 def _pipe(**kw) -> A.AugmentPipe:
@@ -83,9 +85,49 @@ def test_ada_update_follows_sign_of_overfitting():
     assert float(pipe.sign_count) == 0
 
 
+def test_ada_statistic_summed_over_processes_equals_one_process():
+    """Two processes that each see half the global batch, their step sums added (what the loop's
+    all_reduce does with ``cross_rank_sums``), move p exactly as one process seeing all of it."""
+    logits = torch.tensor([2.0, 1.0, -1.0, 3.0, 0.5, -2.0, 4.0, 1.5])
+    one = _pipe(augment="ada", augment_p=0.5, ada_kimg=0.1, ada_interval=2)
+    ranks = [_pipe(augment="ada", augment_p=0.5, ada_kimg=0.1, ada_interval=2) for _ in range(2)]
+    for step in range(4):
+        one.observe_real(logits * (step - 1.5))
+        for r, pipe in enumerate(ranks):
+            pipe.observe_real((logits * (step - 1.5))[4 * r: 4 * r + 4])
+        sums = [pipe.step_sums() for pipe in ranks]
+        for i in range(2):  # all_reduce SUM, in place
+            total = sums[0][i] + sums[1][i]
+            for s in sums:
+                s[i].copy_(total)
+        one.update(step)
+        for pipe in ranks:
+            pipe.update(step)
+        for pipe in ranks:
+            assert float(pipe.p) == float(one.p) and float(pipe.rt) == float(one.rt)
+            assert float(pipe.sign_count) == float(one.sign_count)
+    assert float(one.p) != 0.5  # p did move
+    assert _pipe(augment="diffaug").step_sums() == []
+    # the per-step sums are not checkpointed (zero between steps); p and the running sums are
+    assert set(one.state_dict()) == {"p", "sign_sum", "sign_count", "rt"}
+
+
+def test_variant_declares_the_ada_sums_and_uses_them_in_on_step_end():
+    cfg = resolve(base={"model": {"name": "dcgan", "width": 4, "latent_dim": 16,
+                                  "params": {"augment": "ada", "augment_p": 0.5, "ada_kimg": 0.1,
+                                             "ada_interval": 1}}, "data": {"size": 16}})
+    model = build_model(cfg.model)
+    model.d_real(torch.ones(4))  # this process: 4 images, all judged real
+    for t in model.cross_rank_sums():  # the other process: the same (all_reduce SUM doubles them)
+        t.mul_(2)
+    model.on_step_end(StepInfo(0, 8, world_size=2))
+    assert float(model.augment_pipe.p) == pytest.approx(0.5 + 8 / 100)  # 8 images over both processes
+    assert float(model.augment_pipe.rt) == 1.0
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_variant_accepts_augment_params_and_checkpoints_p(name):
-    nc = 2 if getattr(get_model(name), "requires_labels", False) else 0
+    nc = 2 if get_model(name).requires_labels else 0
     cfg = resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": nc,
                                   "params": {"augment": "ada", "augment_p": 0.25}},
                         "data": {"size": 16}})
@@ -118,7 +160,7 @@ def test_ada_raises_p_when_d_overfits_a_tiny_set(tmp_path):
 def test_translate_is_an_exact_integer_shift_with_double_backward():
     """Integer shifts move pixels exactly, and R1 through the augmentation (grad of grad) works:
     the op is index arithmetic, not grid_sample (which has no double backward on CUDA)."""
-    from medsynth.train.augment import translate
+    from medsynth.models.augment import translate
 
     torch.manual_seed(3)
     x = torch.randn(4, 1, 16, 16, requires_grad=True)

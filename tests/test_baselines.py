@@ -1,4 +1,4 @@
-"""Tests for pipelines.baselines: a smoke run on tiny real subsets (skips without the data)."""
+"""Tests for pipelines.studies.baselines: a smoke run on tiny real subsets (skips without the data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medsynth.errors import MedsynthError
-from pipelines.baselines import (
+from pipelines.studies.baselines.study import (
     PUBLISHED,
     load_pneumoniamnist,
     run_lidc3d,

@@ -1,4 +1,4 @@
-"""Tests for pipelines.benchmark: arms x fractions x seeds, no leakage, outputs written."""
+"""Tests for medsynth.downstream.benchmark: arms x fractions x seeds, no leakage, outputs written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medsynth.errors import MedsynthError
-from pipelines.benchmark import (
+from medsynth.downstream.benchmark import (
     ALL_ARMS,
     ARM_AUG,
     ARM_CLASSIC,
@@ -30,7 +30,7 @@ from pipelines.benchmark import (
 torch.set_num_threads(1)
 
 try:  # the team's ImageSet; the benchmark only duck-types these fields
-    from medsynth.data.dataset import ImageSet
+    from medsynth.data.imageset import ImageSet
 except ImportError:  # pragma: no cover - while dataset.py is being written
 
     @dataclass
@@ -190,7 +190,7 @@ def test_sens_at_spec_and_spec_at_sens_hand_made():
 
 
 def test_fast_operating_points_match_sklearn_roc_curve():
-    from pipelines.benchmark import _sens_at_90spec_fast, _spec_at_90sens_fast
+    from medsynth.downstream.benchmark import _sens_at_90spec_fast, _spec_at_90sens_fast
 
     rng = np.random.default_rng(0)
     for n in (7, 40, 145):

@@ -6,7 +6,7 @@ import numpy as np
 from scipy.stats import norm
 
 from medsynth.metrics.stats import bootstrap_ci, paired_bootstrap_diff
-from pipelines.benchmark import _metric_fn
+from medsynth.downstream.benchmark import _metric_fn
 
 
 def _binormal(rng, n_pos: int, n_neg: int, d: float):

@@ -1,4 +1,4 @@
-"""Tests for pipelines.classifier: learns an easy task, is deterministic, handles 3D."""
+"""Tests for medsynth.downstream.classifier: learns an easy task, is deterministic, handles 3D."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medsynth.errors import MedsynthError
-from pipelines.classifier import (
+from medsynth.downstream.classifier import (
     build_classifier,
     monai_augment,
     penultimate_features,

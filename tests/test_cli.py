@@ -1,16 +1,22 @@
 """End-to-end through the command line: sample data -> train -> generate -> augment ->
-benchmark -> report, on the committed phantom set, tiny sizes. Plus the one-line errors."""
+benchmark -> report, on the committed phantom set, tiny sizes. Plus the one-line errors and the
+one vocabulary of options (same name, same type on every command; choices listed and checked;
+deprecated spellings hidden but working)."""
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
+import re
 
 import pandas as pd
 import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from medsynth.cli import app
+from medsynth import cli
+from medsynth.cli import RENAMED, app
 from medsynth.errors import MedsynthError
 
 runner = CliRunner()
@@ -51,7 +57,7 @@ def test_end_to_end_pipeline(tmp_path, monkeypatch):
     assert set(aug["source"]) == {"real", "synthetic"}
     assert (aug.loc[aug["source"] == "synthetic", "split"] == "train").all()
 
-    r = invoke("benchmark", "--synthetic", run, "--size", "32", "--fractions", "0.5,1.0", "--seeds", "2",
+    r = invoke("benchmark", "--synthetic", run, "--size", "32", "--fractions", "0.5,1.0", "--n-seeds", "2",
                "--epochs", "1", "--n-boot", "50", "--min-steps", "0", "--arms", "real,real+synthetic")
     assert r.exit_code == 0, r.output
     res = json.loads((run / "benchmark" / "results.json").read_text())
@@ -178,3 +184,145 @@ def test_cogan_pairs_and_truncation_errors(tmp_path):
     assert len(a) == len(b) == 4
     r = runner.invoke(app, ["generate", run, "--truncation", "0.5", "--out", str(tmp_path / "t")])
     assert r.exit_code == 2 and "truncation" in r.output
+
+
+# ---- one vocabulary ------------------------------------------------------------------------
+def _commands() -> dict:
+    """Command name -> its click command, for every `medsynth` command."""
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
+def _options(command) -> list:
+    return [p for p in command.params if p.param_type_name == "option"]
+
+
+def _kind(param):
+    """What an option takes, comparable across commands: its choices, or its value type's name."""
+    desc = getattr(param, "type_descriptor", None)  # typer's own type description (recent typer)
+    if desc is not None:
+        if desc.is_choice:
+            return tuple(c.value if isinstance(c, enum.Enum) else c for c in desc.choices)
+        return getattr(desc.annotation, "__name__", str(desc.annotation))
+    return tuple(param.type.choices) if hasattr(param.type, "choices") else param.type.name  # click's
+
+
+def _help(*command: str) -> str:
+    r = runner.invoke(app, [*command, "--help"])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+#: every option with a fixed set of values: (command, option) -> choices
+CHOICES = {
+    ("train", "--modality"): ("xray", "ct"),
+    ("augment", "--modality"): ("xray", "ct"),
+    ("benchmark", "--modality"): ("xray", "ct"),
+    ("generate", "--format"): ("png", "dicom", "nifti"),
+    ("generate", "--direction"): ("a2b", "b2a"),
+    ("benchmark", "--ct-window"): ("lung", "mediastinal"),
+    ("benchmark", "--arch"): ("cnn", "monai", "resnet18", "resnet10"),
+    ("benchmark", "--device"): ("cpu", "cuda"),
+    ("evaluate", "--inception-input"): ("uint8", "unit", "sym"),
+    ("sample-data", "--xray-view"): ("lung_spot", "chest"),
+}
+
+
+def test_same_option_name_same_type_on_every_command():
+    kinds: dict[str, dict[str, object]] = {}
+    for name, command in _commands().items():
+        for p in _options(command):
+            for opt in p.opts + p.secondary_opts:
+                kinds.setdefault(opt, {})[name] = _kind(p)
+    for opt, per_command in kinds.items():
+        assert len(set(per_command.values())) == 1, f"{opt} means different things: {per_command}"
+    assert {"train", "augment", "benchmark", "evaluate"} <= set(kinds["--data"])
+    assert {"train", "generate", "evaluate", "sample-data"} <= set(kinds["--seed"])
+    assert {"train", "generate", "augment", "benchmark", "sample-data"} <= set(kinds["--out"])
+    assert set(kinds["--data"].values()) == {"str"} and set(kinds["--seed"].values()) == {"int"}
+    assert set(kinds["--out"].values()) == {"Path"} and kinds["--n-seeds"] == {"benchmark": "int"}
+    for old in ("--real", "--seeds", "--unconditional"):  # only as hidden deprecated spellings
+        assert old not in kinds
+    # --data has one default (None: the command's natural real data, see the module docstring)
+    for command in _commands().values():
+        for p in _options(command):
+            if "--data" in p.opts:
+                assert p.default is None
+
+
+def test_choice_options_are_listed_in_help():
+    found = {(name, opt): _kind(p) for name, command in _commands().items() for p in _options(command)
+             for opt in p.opts if isinstance(_kind(p), tuple)}
+    assert found == CHOICES  # every choice option is an Enum, and no other option is
+    for (name, opt), choices in CHOICES.items():
+        assert f"{opt} <{'|'.join(choices)}>" in _help(name)
+
+
+def test_flags_are_pairs_without_a_type():
+    for name, command in _commands().items():
+        for p in _options(command):
+            if p.is_flag:
+                assert p.secondary_opts, f"{name} {p.opts}: a flag is a --x/--no-x pair"
+        assert "<bool>" not in _help(name)
+    assert "--pairs / --no-pairs" in _help("generate")
+    assert "--conditional / --no-conditional" in _help("train")
+
+
+def test_choices_match_the_library():
+    from medsynth.data.windows import CT_WINDOWS
+    from medsynth.downstream.classifier import ARCHS
+    from medsynth.metrics.inception import INPUT_RANGES
+    from medsynth.models.cyclegan import DIRECTIONS
+    from medsynth.phantom.sample import XRAY_VIEWS
+
+    for enum_type, values in [(cli.CtWindow, tuple(CT_WINDOWS)), (cli.Arch, ARCHS), (cli.InceptionInput, INPUT_RANGES),
+                              (cli.Direction, tuple(DIRECTIONS)), (cli.XrayView, XRAY_VIEWS)]:
+        assert tuple(m.value for m in enum_type) == values, enum_type
+
+
+@pytest.mark.parametrize("args,option", [
+    (["train", "--modality", "mri"], "--modality"),
+    (["generate", "RUN", "--format", "jpeg"], "--format"),
+    (["generate", "RUN", "--direction", "sideways"], "--direction"),
+    (["generate", "RUN", "--truncation", "1.5"], "--truncation"),
+    (["augment", "--synthetic", "s.csv", "--out", "o", "--modality", "mri"], "--modality"),
+    (["benchmark", "--arch", "vgg"], "--arch"),
+    (["benchmark", "--ct-window", "bone"], "--ct-window"),
+    (["benchmark", "--device", "tpu"], "--device"),
+    (["benchmark", "--n-seeds", "0"], "--n-seeds"),
+    (["evaluate", "RUN", "--inception-input", "float"], "--inception-input"),
+    (["sample-data", "--xray-view", "lateral"], "--xray-view"),
+])
+def test_invalid_choice_is_a_one_line_usage_error(args, option):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    errors = [ln for ln in r.output.splitlines() if "Error" in ln]
+    assert len(errors) == 1 and option in errors[0], r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("command,old,new", [(c, o, n) for c, table in RENAMED.items() for o, n in table.items()])
+def test_deprecated_spelling_is_hidden_and_rewritten(command, old, new, caplog):
+    text = _help(command)
+    assert re.search(rf"(?<![\w-]){re.escape(new)}\b", text)
+    assert not re.search(rf"(?<![\w-]){re.escape(old)}\b", text)
+    with caplog.at_level(logging.WARNING, logger="medsynth"):
+        assert cli._rename_deprecated(command, [old, "x", f"{old}=y", "--", old]) == [new, "x", f"{new}=y", "--", old]
+    assert sum(new in rec.getMessage() and "deprecated" in rec.getMessage() for rec in caplog.records) == 2
+
+
+def test_deprecated_real_still_works(tmp_path, caplog):
+    from medsynth.cli import default_data
+
+    manifest = str(default_data())
+    with caplog.at_level(logging.WARNING, logger="medsynth"):
+        old = invoke("augment", "--real", manifest, "--synthetic", manifest, "--out", tmp_path / "old")
+    assert old.exit_code == 0, old.output
+    assert any("--real" in rec.getMessage() and "--data" in rec.getMessage() for rec in caplog.records)
+    new = invoke("augment", "--data", manifest, "--synthetic", manifest, "--out", tmp_path / "new")
+    assert new.exit_code == 0, new.output
+    assert (tmp_path / "old" / "manifest.csv").read_text() == (tmp_path / "new" / "manifest.csv").read_text()
+    both = runner.invoke(app, ["augment", "--real", manifest, "--data", manifest, "--synthetic", manifest,
+                               "--out", str(tmp_path / "both")])
+    assert both.exit_code == 2 and "--data only" in both.output

@@ -1,4 +1,4 @@
-"""pipelines/cogan_pairs.py: the unpaired image/mask set and the alignment metric."""
+"""pipelines/studies/cogan_pairs/study.py: the unpaired image/mask set and the alignment metric."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from medsynth.data.dataset import load_image_set
 from medsynth.errors import MedsynthError
-from pipelines.cogan_pairs import (
+from pipelines.studies.cogan_pairs.study import (
     bootstrap_ci,
     mask_contrast,
     mask_stats,
@@ -88,7 +88,7 @@ def test_alignment_metric_empty_masks_and_stats():
 
 
 def test_lidc_pairs_are_crops_of_one_nodule_with_its_own_mask(shared_data):
-    from pipelines.cogan_pairs import load_lidc_pairs
+    from pipelines.studies.cogan_pairs.study import load_lidc_pairs
 
     real = load_lidc_pairs(shared_data / "lidc_nodules", size=32, seed=0)
     n = len(real["patient_ids"])
@@ -112,7 +112,7 @@ def test_lidc_pairs_are_crops_of_one_nodule_with_its_own_mask(shared_data):
 
 def test_window_error_zero_for_one_slice_in_both_windows_positive_for_others():
     from medsynth.data.windows import hu_to_unit
-    from pipelines.cogan_pairs import mediastinal_from_lung, shuffled_window_error, window_error
+    from pipelines.studies.cogan_pairs.study import mediastinal_from_lung, shuffled_window_error, window_error
 
     g = torch.Generator().manual_seed(0)
     hu = -900.0 + 60.0 * torch.randn(12, 1, 16, 16, generator=g)  # lung parenchyma
@@ -134,7 +134,7 @@ def test_window_error_zero_for_one_slice_in_both_windows_positive_for_others():
 def test_head_channel_use_tells_shared_from_disjoint_channel_sets():
     from medsynth.config import resolve
     from medsynth.models.registry import build_model
-    from pipelines.cogan_pairs import head_channel_use
+    from pipelines.studies.cogan_pairs.study import head_channel_use
 
     cfg = resolve(base={"model": {"name": "cogan", "width": 8, "latent_dim": 16, "num_classes": 2,
                                   "params": {"g_private": 1}}, "data": {"size": 16, "spatial_dims": 2}})
@@ -155,7 +155,7 @@ def test_head_channel_use_tells_shared_from_disjoint_channel_sets():
 def test_head_channel_use_reads_pointwise_heads_by_input_channel():
     from medsynth.config import resolve
     from medsynth.models.registry import build_model
-    from pipelines.cogan_pairs import head_channel_use
+    from pipelines.studies.cogan_pairs.study import head_channel_use
 
     cfg = resolve(base={"model": {"name": "cogan", "width": 8, "latent_dim": 16, "num_classes": 2,
                                   "params": {"head": "pointwise", "head_channels": 8}},
@@ -170,7 +170,7 @@ def test_head_channel_use_reads_pointwise_heads_by_input_channel():
 
 
 def test_marginal_fd_near_its_floor_for_real_images_far_for_constant_ones():
-    from pipelines.cogan_pairs import marginal_fd
+    from pipelines.studies.cogan_pairs.study import marginal_fd
 
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")

@@ -28,7 +28,7 @@ def _invoke(*args) -> str:
 
 def _train_and_write(tmp_path: Path, data: Path) -> Path:
     # 8³ volumes: stages 4³ and 8³, 32 images per stage; 12 steps of 8 reach the 8³ fade-in
-    _invoke("train", "--modality", "ct", "--model", "progan", "--preset", ROOT / "pipelines" / "ct3d_progan.yaml",
+    _invoke("train", "--modality", "ct", "--model", "progan", "--preset", "ct3d_progan",
             "--spatial-dims", "3", "--size", "8", "--data", data, "--steps", "12", "--out", tmp_path / "runs",
             "--set", "model.params.kimg_per_stage=0.032", "--set", "train.checkpoint_every=6",
             "--set", "train.sample_every=1000", "--no-progress")

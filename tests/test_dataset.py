@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import phantom_volume
-from medsynth.data.dataset import ImageSet, load_image_set
+from medsynth.data.dataset import load_image_set
+from medsynth.data.imageset import ImageSet
 from medsynth.data.readers import read_image
 from medsynth.data.transforms import ct_pipeline
 from medsynth.errors import MedsynthError

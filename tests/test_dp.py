@@ -11,7 +11,8 @@ import torch
 
 from medsynth.config import resolve
 from medsynth.errors import MedsynthError
-from medsynth.train.loop import load_trained, train
+from medsynth.runs import load_trained
+from medsynth.train.loop import train
 
 DP = {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1.0}
 
@@ -63,7 +64,7 @@ def test_dp_run_epsilon_grows_and_resume_is_exact(tmp_path):
     for k in sa:  # same Poisson batches and the same noise after resume
         assert torch.equal(sa[k], sb[k]), k
 
-    from medsynth.train.dp import describe
+    from medsynth.runs import describe_dp as describe
 
     line = describe(ck["dp"]["summary"])
     assert "epsilon = " in line and "delta = 0.025" in line and "\n" not in line
@@ -85,10 +86,12 @@ def _d_grad(sigma: float, clip: float, noise_seed: int = 0) -> tuple[torch.Tenso
     ph = next(p for p in phases if p.name == "D")
     model.G.requires_grad_(False)
     assert dp.begin(ph)
-    idx = dp.indices()
-    from medsynth.models.base import Batch
+    from medsynth.models.base import StepInfo
+    from medsynth.train.batches import Batches, BatchSampler
+    from medsynth.train.distributed import DistInfo
 
-    loss, _ = model.loss("D", Batch(x[idx], y[idx]), 0)
+    batch = dp.batch(ph, Batches(x, y, BatchSampler(40, 8, 0), DistInfo()))  # the Poisson draw's images
+    loss, _ = model.loss("D", batch, StepInfo(0, 8))
     for h in dp.gsm:  # the raw (unclipped) gradient, without consuming opacus's stored activations
         h.disable_hooks()
     raw = torch.autograd.grad(loss, list(model.D.parameters()), retain_graph=True)
@@ -99,7 +102,7 @@ def _d_grad(sigma: float, clip: float, noise_seed: int = 0) -> tuple[torch.Tenso
     torch.manual_seed(noise_seed)  # the noise comes from the global RNG (checkpointed by the loop)
     assert dp.optimizer.pre_step()  # clip, noise, scale by 1 / expected batch size
     g = torch.cat([p.grad.flatten() for p in model.D.parameters()])
-    return g, len(idx), torch.cat([r.flatten() for r in raw])
+    return g, batch.images.shape[0], torch.cat([r.flatten() for r in raw])
 
 
 def test_clipping_bounds_the_update_and_noise_is_added():
@@ -117,7 +120,7 @@ def test_clipping_bounds_the_update_and_noise_is_added():
 
 def test_per_sample_gradients_match_autograd_and_speed_options_are_safe():
     from medsynth.train.dp import speed_for_dp
-    from medsynth.train.loop import Speed
+    from medsynth.train.speed import Speed
 
     g, b, raw = _d_grad(0.0, 1e9)  # no clipping, no noise: sum of per-sample grads / expected batch
     assert torch.allclose(g, raw * b / 8, rtol=1e-4, atol=1e-7)

@@ -12,8 +12,8 @@ from medsynth import losses
 from medsynth.config import load_config, resolve
 from medsynth.errors import MedsynthError
 from medsynth.models.layers import MinibatchStdDev
-from medsynth.train.checkpoint import load_checkpoint
-from medsynth.train.loop import load_trained, new_run_dir, train
+from medsynth.runs import load_checkpoint, load_trained
+from medsynth.train.loop import new_run_dir, train
 
 
 def _cfg(name="dcgan", steps=6, **train_kw):
@@ -161,3 +161,49 @@ def test_unknown_clock_is_rejected(tmp_path):
     x, y = _data()
     with pytest.raises(MedsynthError, match="train.clock"):
         train(_cfg(clock="gpu"), x, y, tmp_path / "r")
+
+
+def test_non_finite_loss_stops_with_a_good_checkpoint(monkeypatch, tmp_path):
+    from medsynth.models.dcgan import DCGAN
+
+    real_loss = DCGAN.loss
+
+    def loss(self, phase, batch, info):  # D's loss turns NaN at step 4
+        out, stats = real_loss(self, phase, batch, info)
+        return (out * float("nan") if phase == "D" and info.step == 4 else out), stats
+
+    monkeypatch.setattr(DCGAN, "loss", loss)
+    x, y = _data()
+    with pytest.raises(MedsynthError, match=r"loss of phase D became nan at step 4; last good state") as exc:
+        train(_cfg(steps=6), x, y, tmp_path / "r")
+    assert "\n" not in str(exc.value)
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["step"] == 4  # the state before the bad update, every weight finite
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_deferred_loss_check_raises_at_the_tick_and_never_checkpoints_a_bad_state(tmp_path):
+    # the mode used off the CPU (no host sync per update): a flag read per tick and before each checkpoint
+    from medsynth.models.base import Phase
+    from medsynth.train.distributed import DistInfo
+    from medsynth.train.update import LossGuard
+
+    saved: list[int] = []
+
+    class Checkpointer:
+        def save(self, step):
+            saved.append(step)
+
+    guard = LossGuard(tmp_path, Checkpointer(), DistInfo(), torch.device("cpu"))
+    guard.each_update = False
+    ph = Phase("D", ("D",), 1e-3)
+    guard.check(torch.tensor(1.0), ph, 0)
+    guard.checkpoint(1)
+    guard.check(torch.tensor(float("inf")), ph, 1)
+    guard.check(torch.tensor(2.0), ph, 1)
+    with pytest.raises(MedsynthError, match="a loss became non-finite before step 2; the last good state is the "
+                                            "previous checkpoint"):
+        guard.verify(2)
+    with pytest.raises(MedsynthError, match="non-finite"):
+        guard.checkpoint(2)
+    assert saved == [1]

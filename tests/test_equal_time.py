@@ -1,4 +1,4 @@
-"""pipelines/equal_time.py: arm parsing, resumable scoring and the results table."""
+"""pipelines/studies/equal_time/study.py: arm parsing, resumable scoring and the results table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from pipelines import equal_time as et
+from pipelines.studies.equal_time import study as et
+
+ROOT = et.ROOT
 
 
 def test_arm_parsing():
@@ -40,7 +42,7 @@ def _row(arm, fd):
 
 def test_markdown_compares_every_arm_with_the_reference():
     res = {"data": "default", "modality": "xray", "size": 64, "minutes": 6.0, "jobs": 2, "count": 500,
-           "encoder_fingerprint": "abc", "command": "python -m pipelines.equal_time", "reference": "dcgan",
+           "encoder_fingerprint": "abc", "command": "python -m pipelines.studies.equal_time", "reference": "dcgan",
            "machine": "x", "torch": "2", "date": "2026-11-27", "arms": [_row("dcgan", 40.0), _row("stylegan2:ada", 30.0)]}
     md = et.markdown(res)
     assert "| stylegan2:ada |" in md and "-10.0 (-25 %)" in md and "reference" in md
@@ -70,11 +72,16 @@ def test_scored_evaluation_is_reused_only_with_the_same_encoder(tmp_path):
     class A:
         count, seed = 500, 0
 
-    ev = {"step": 7, "n_synthetic_sampled": 500, "seed": 0,
-          "fidelity": {"encoder": {"fingerprint": encoder_fingerprint(enc)}}}
+    # a committed evaluation file (the current schema), re-labelled as this run's
+    ev = json.loads((ROOT / "reports" / "phantom_spot" / "evaluate" / "evaluation.json").read_text())
+    ev.update({"step": 7, "n_synthetic_sampled": 500, "seed": 0})
+    ev["fidelity"]["encoder"]["fingerprint"] = encoder_fingerprint(enc)
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(ev))
     assert et._evaluated_with(path, tmp_path / "enc.pt", A, 7)
+    old_schema = {k: v for k, v in ev.items() if k != "schema_version"}
+    (tmp_path / "old.json").write_text(json.dumps(old_schema))
+    assert not et._evaluated_with(tmp_path / "old.json", tmp_path / "enc.pt", A, 7)  # older file: score again
     assert not et._evaluated_with(path, tmp_path / "enc.pt", A, 8)  # trained further since
     ev["fidelity"]["encoder"]["fingerprint"] = "other"
     path.write_text(json.dumps(ev))

@@ -8,11 +8,12 @@ import torch
 from medsynth import losses
 from medsynth.config import resolve
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch
+from medsynth.models.base import Batch, StepInfo
 from medsynth.models.biggan import truncate_latent
 from medsynth.models.layers import SelfAttention
 from medsynth.models.registry import build_model
-from medsynth.train.loop import load_trained, train
+from medsynth.runs import load_trained
+from medsynth.train.loop import train
 
 
 def _cfg(name, *, dims=2, size=None, num_classes=2, width=4, latent=16, params=None, **train_kw):
@@ -37,7 +38,7 @@ def _batch(n=8, size=16, labels=None, seed=1):
 
 def _step(model, phase, batch, lr=1e-3):
     opt = torch.optim.Adam(list(model.sub_modules(next(p for p in model.phases() if p.name == phase).modules)), lr=lr)
-    loss, stats = model.loss(phase, batch, 0)
+    loss, stats = model.loss(phase, batch, StepInfo(0, 8))
     opt.zero_grad(), loss.backward(), opt.step()
     return loss, stats
 
@@ -65,9 +66,9 @@ def test_gan_is_mlp_and_minimax_option_changes_g_loss():
     assert not any(isinstance(m, torch.nn.Conv2d) for m in ns.modules())
     batch = Batch(_batch().images, None)
     torch.manual_seed(5)
-    l_ns, _ = ns.loss("G", batch, 0)
+    l_ns, _ = ns.loss("G", batch, StepInfo(0, 8))
     torch.manual_seed(5)
-    l_mm, _ = mm.loss("G", batch, 0)
+    l_mm, _ = mm.loss("G", batch, StepInfo(0, 8))
     assert l_ns > 0 > l_mm  # -log D(G(z)) is positive; log(1 - D(G(z))) is negative
     with pytest.raises(MedsynthError, match="g_loss"):
         _model("gan", params={"g_loss": "wasserstein"})
@@ -169,9 +170,9 @@ def test_biggan_orthogonal_regularisation_in_g_loss():
     assert losses.orthogonal_regulariser([q]) < 1e-8
     assert losses.orthogonal_regulariser([torch.ones(3, 4)]) > 1
     with_ortho = _model("biggan", params={"ortho_weight": 1e-2})
-    _, stats = with_ortho.loss("G", _batch(), 0)
+    _, stats = with_ortho.loss("G", _batch(), StepInfo(0, 8))
     assert stats["ortho"] > 0 and stats["loss/G"] != pytest.approx(stats["loss/G_adv"])
-    _, stats = _model("biggan", params={"ortho_weight": 0}).loss("G", _batch(), 0)
+    _, stats = _model("biggan", params={"ortho_weight": 0}).loss("G", _batch(), StepInfo(0, 8))
     assert "ortho" not in stats
 
 
@@ -239,7 +240,7 @@ def test_cyclegan_batch_with_one_domain_trains(labels):
 def test_cyclegan_sample_translates_stored_examples_of_the_other_domain():
     m = _model("cyclegan")
     batch = _batch()
-    m.loss("G", batch, 0)  # remembers the real examples of each domain
+    m.loss("G", batch, StepInfo(0, 8))  # remembers the real examples of each domain
     assert int(m.examples_a_n) == 4 and int(m.examples_b_n) == 4
     out = m.sample(6, labels=1, generator=torch.Generator().manual_seed(0))  # target B <- stored A
     candidates = m.translate(m.examples_a[:4], "a2b")

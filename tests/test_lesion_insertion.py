@@ -1,4 +1,4 @@
-"""CycleGAN lesion insertion (pipelines/lesion_insertion.py) and the benchmark's real+extra arm.
+"""CycleGAN lesion insertion (pipelines/studies/lesion_insertion/study.py) and the benchmark's real+extra arm.
 
 (The "cycle reconstruction error falls during a short run" check lives in tests/test_family.py.)
 """
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from medsynth.config import resolve, save_config
-from medsynth.data.dataset import ImageSet
+from medsynth.data.imageset import ImageSet
 from medsynth.errors import MedsynthError
 from medsynth.models.registry import build_model
-from pipelines.benchmark import ARM_CLASSIC, ARM_EXTRA, ARM_REAL, run_benchmark, subsample_patients
-from pipelines.lesion_insertion import main, run_pipeline, training_negatives, translate_negatives
+from medsynth.downstream.benchmark import ARM_CLASSIC, ARM_EXTRA, ARM_REAL, run_benchmark, subsample_patients
+from pipelines.studies.lesion_insertion.study import main, run_pipeline, training_negatives, translate_negatives
 
 torch.set_num_threads(1)
 
@@ -145,7 +145,7 @@ def test_positive_fidelity_ranks_sets_by_closeness_to_real_positives():
     from types import SimpleNamespace
 
     from medsynth.metrics.fidelity import train_feature_encoder
-    from pipelines.lesion_insertion import positive_fidelity
+    from pipelines.studies.lesion_insertion.study import positive_fidelity
 
     g = torch.Generator().manual_seed(0)
     n = 80

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_tiny_cli_run
 from medsynth.errors import MedsynthError
 from medsynth.metrics.diversity import mean_pairwise_ms_ssim, ms_ssim, ms_ssim_settings
-from medsynth.metrics.evaluate import evaluate_sets, evaluation_markdown, read_evaluation, write_evaluation
+from medsynth.metrics.evaluate import evaluate_sets, evaluation_markdown, write_evaluation
 from medsynth.metrics.intensity import body_mask, body_threshold, intensity_distance
 from medsynth.metrics.membership import (
     control_split,
@@ -23,6 +24,7 @@ from medsynth.metrics.membership import (
     membership_attack,
 )
 from medsynth.metrics.prdc import kernel_inception_distance, prdc
+from medsynth.results import SCHEMA_VERSION, read_evaluation
 
 
 # one torch thread: these tests train small encoders; several threads only contend on CI's 2 cores
@@ -258,11 +260,15 @@ def test_evaluate_sets_copying_generator_flagged_and_written(tmp_path):
     # a copying generator matches the real set: its numbers sit at or below the real-vs-real floor
     assert fid["prdc"]["synthetic"]["precision"]["mean"] > 0.9
     assert fid["fd"]["synthetic"]["mean"] <= fid["fd"]["floor"]["mean"] * 1.5
-    assert {"fig_closest_pairs.png", "fig_dcr_nndr.png", "fig_intensity.png"} <= set(figs)
+    assert set(figs) == {"fig_samples.png", "fig_closest_pairs.png", "fig_dcr_nndr.png", "fig_intensity.png"}
     assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in figs.values())
     write_evaluation(ev, figs, tmp_path / "evaluate")
     back = read_evaluation(tmp_path)
+    assert (back["kind"], back["schema_version"]) == ("evaluation", SCHEMA_VERSION)
+    assert list(back)[:2] == ["kind", "schema_version"]  # the file opens with its schema
     assert back["privacy"]["memorisation_flag"] is True
+    assert back["figures"]["fig_samples"] == "fig_samples.png"
+    assert all((tmp_path / "evaluate" / f).is_file() for f in back["figures"].values())
     md = (tmp_path / "evaluate" / "evaluation.md").read_text()
     assert "Memorisation flag: YES" in md and "| distance to nearest synthetic | 1.000" in md
 
@@ -280,30 +286,25 @@ def test_evaluate_sets_collapsed_generator_and_no_heldout():
     assert "no held-out real images" in evaluation_markdown(dict(ev, figures={}))
 
 
-def test_read_evaluation_rejects_other_json(tmp_path):
+def test_read_evaluation_refuses_other_schemas_in_one_line(tmp_path):
     assert read_evaluation(tmp_path) is None
-    (tmp_path / "evaluate").mkdir()
-    (tmp_path / "evaluate" / "evaluation.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(MedsynthError):
+    path = tmp_path / "evaluate" / "evaluation.json"
+    path.parent.mkdir()
+    for data, problem in (
+        ({"format": "medsynth-evaluation/1", "fidelity": {}}, "has no schema_version"),  # before the schema
+        ({"kind": "evaluation", "schema_version": SCHEMA_VERSION + 1}, f"has schema_version {SCHEMA_VERSION + 1}"),
+        ({"kind": "benchmark", "schema_version": SCHEMA_VERSION}, "not a medsynth evaluation file"),
+        ({"kind": "evaluation", "schema_version": SCHEMA_VERSION, "seed": 0}, "lacks modality, image_shape"),
+        ([1, 2], "not a JSON object"),
+    ):
+        path.write_text(json.dumps(data))
+        with pytest.raises(MedsynthError) as info:
+            read_evaluation(tmp_path)
+        msg = str(info.value)
+        assert msg.startswith(f"{path}: ") and problem in msg and "\n" not in msg, msg
+    path.write_text("{not json")
+    with pytest.raises(MedsynthError, match="is not valid JSON"):
         read_evaluation(tmp_path)
-
-
-def test_report_section_reads_the_evaluation(tmp_path):
-    from medsynth.report.build import _Doc, _evaluation_section
-
-    doc = _Doc()
-    assert _evaluation_section(doc, tmp_path) is None
-    assert "medsynth evaluate" in doc.markdown()
-    train = _blobs(30, seed=13)
-    ev, figs = evaluate_sets(train, train.clone(), encoder=_Flatten(), modality="xray", heldout_x=_blobs(10, seed=14),
-                             seed=0, repeats=1, kid_subsets=3, ms_ssim_pairs=10, n_boot=50)
-    write_evaluation(dict(ev, step=7), figs, tmp_path / "evaluate")
-    doc = _Doc()
-    back = _evaluation_section(doc, tmp_path)
-    md = doc.markdown()
-    assert back["step"] == 7 and "WARNING: possible memorisation" in md
-    assert "KID (features, unbiased MMD²)" in md and "control: held-out half vs half" in md
-    assert "eval_fig_closest_pairs.png" in doc.images
 
 
 def test_per_class_fidelity_finds_the_collapsed_class():
@@ -331,20 +332,11 @@ def test_per_class_fidelity_finds_the_collapsed_class():
 
 @pytest.mark.slow
 def test_cli_evaluate_on_a_tiny_run(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
 
     from medsynth.cli import app
 
     monkeypatch.chdir(tmp_path)
-    x = ((_blobs(48, seed=20)[:, 0].numpy() + 1) * 1000).astype(np.float32)  # detector-like units
-    np.savez(tmp_path / "tiny.npz", images=x, labels=np.arange(48) % 2, patient_ids=[f"p{i}" for i in range(48)],
-             splits=["train"] * 32 + ["val"] * 8 + ["test"] * 8)
-    runner = CliRunner()
-    r = runner.invoke(app, ["train", "--modality", "xray", "--data", "tiny.npz", "--size", "32", "--steps", "2",
-                            "--set", "model.width=8", "--set", "train.batch_size=16", "--out", "runs",
-                            "--no-progress"], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    run = tmp_path / "runs" / "00000-xray-dcgan"
+    runner, run = train_tiny_cli_run(tmp_path, ((_blobs(48, seed=20)[:, 0].numpy() + 1) * 1000).astype(np.float32))  # detector-like units
     r = runner.invoke(app, ["evaluate", str(run), "--count", "40", "--encoder-steps", "10", "--repeats", "1",
                             "--n-boot", "50"], catch_exceptions=False)
     assert r.exit_code == 0, r.output

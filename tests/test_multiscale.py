@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from medsynth.config import resolve
 from medsynth.errors import MedsynthError
 from medsynth.models.registry import build_model
-from medsynth.train.loop import load_trained, train
+from medsynth.runs import load_trained
+from medsynth.train.loop import train
 
 
 def _cfg(dims=2, size=32, num_classes=2, steps=3, **params):

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from medsynth.config import resolve
-from medsynth.models.base import Batch
+from medsynth.models.base import Batch, StepInfo
 from medsynth.models.registry import build_model
-from medsynth.train.loop import load_trained, train
+from medsynth.runs import load_trained
+from medsynth.train.loop import train
 
 
 def _cfg(dims=2, size=16, steps=12, **params):
@@ -31,15 +32,20 @@ def test_schedule_stages_and_fade():
     assert m.schedule(10_000) == (2, 1.0)
 
 
-def test_schedule_advances_from_steps_and_batch_size():
+def test_schedule_advances_from_the_global_step_and_batch():
+    """The schedule reads the loop's StepInfo (global batch), not the batch a process is handed:
+    under torchrun each rank's slice is smaller, and growth must not slow down by the rank count."""
     m = build_model(_cfg().model)
     g = torch.Generator().manual_seed(0)
-    batch = Batch(torch.rand(8, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 2, (8,), generator=g))
-    m.loss("D", batch, 0)  # records the batch size
-    assert int(m.batch_size) == 8
-    m.on_step_end(4)  # 5 steps x 8 images = 40 shown
+    half = Batch(torch.rand(4, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 2, (4,), generator=g))
+    m.loss("D", half, StepInfo(0, 8, world_size=2))  # one rank's half of a global batch of 8
+    m.on_step_end(StepInfo(4, 8, world_size=2))  # 5 steps x 8 images = 40 shown
     assert int(m.stage) == 1 and float(m.alpha) == pytest.approx(0.5)
     assert m.resolution == 8
+    assert "batch_size" not in m.state_dict()  # nothing inferred from batches to checkpoint
+    two_critics = build_model(_cfg(n_critic=2).model)
+    two_critics.on_step_end(StepInfo(1, 8))  # 2 steps x 8 images x 2 critic updates = 32 shown
+    assert int(two_critics.stage) == 1 and float(two_critics.alpha) == 0.0
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -76,7 +82,7 @@ def test_non_saturating_r1_loss_option():
     torch.manual_seed(0)
     m = build_model(_cfg(loss="ns").model)
     batch = Batch(torch.rand(8, 1, 16, 16) * 2 - 1, torch.randint(0, 2, (8,)))
-    loss, stats = m.loss("D", batch, 0)
+    loss, stats = m.loss("D", batch, StepInfo(0, 8))
     assert torch.isfinite(loss) and stats["r1"] >= 0
     with pytest.raises(ValueError, match="wgan_gp"):
         build_model(_cfg(loss="hinge").model)
@@ -88,9 +94,9 @@ def test_lazy_r1_moves_the_penalty_to_a_sparse_phase(tmp_path):
     assert names == [("D", 1, "D"), ("Dreg", 4, "D"), ("G", 1, "G")]
     torch.manual_seed(0)
     batch = Batch(torch.rand(8, 1, 16, 16) * 2 - 1, torch.randint(0, 2, (8,)))
-    _, d_stats = m.loss("D", batch, 0)
+    _, d_stats = m.loss("D", batch, StepInfo(0, 8))
     assert "r1" not in d_stats  # the main D phase has no double backward any more
-    loss, stats = m.loss("Dreg", batch, 0)
+    loss, stats = m.loss("Dreg", batch, StepInfo(0, 8))
     assert loss.item() == pytest.approx(0.5 * 10.0 * 4 * stats["r1"].item(), rel=1e-5) and loss.item() > 0
     assert [p.name for p in build_model(_cfg(loss="ns").model).phases()] == ["D", "G"]
     g = torch.Generator().manual_seed(0)
@@ -112,7 +118,7 @@ def test_resume_mid_fade_is_exact(tmp_path):
     _, b, _ = load_trained(tmp_path / "half")
     assert int(a.stage) == 2  # 12 x 8 = 96 images: third stage, done fading
     sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys() and {"stage", "alpha", "batch_size"} <= set(sa)
+    assert sa.keys() == sb.keys() and {"stage", "alpha"} <= set(sa)
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
 
@@ -128,5 +134,5 @@ def test_fade_runs_under_cpu_bf16_autocast(dims):
     batch = Batch(torch.rand(8, 1, *[m.cfg.size] * dims, generator=g) * 2 - 1, torch.randint(0, 2, (8,), generator=g))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for phase in ("D", "G"):
-            loss, _ = m.loss(phase, batch, 0)
+            loss, _ = m.loss(phase, batch, StepInfo(0, 8))
             assert torch.isfinite(loss)

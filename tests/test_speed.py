@@ -11,8 +11,9 @@ import torch
 from medsynth.config import resolve
 from medsynth.errors import MedsynthError
 from medsynth.models.registry import build_model
-from medsynth.train import loop
-from medsynth.train.loop import resolve_speed, train
+from medsynth.train import speed as speed_mod
+from medsynth.train.loop import train
+from medsynth.train.speed import resolve_speed
 
 
 def _cfg(name, steps=2, **train_kw):
@@ -68,7 +69,7 @@ def test_auto_resolution_is_explained_and_bad_values_are_rejected():
     s = resolve_speed(_cfg("dcgan", device="cpu").train)
     assert s.device.type == "cpu" and s.compile is False and s.channels_last is True
     assert resolve_speed(_cfg("dcgan", device="cpu").train, spatial_dims=3).channels_last is False
-    assert s.amp == ("bf16" if loop._cpu_has_bf16() else "off")
+    assert s.amp == ("bf16" if speed_mod._cpu_has_bf16() else "off")
     assert any(n.startswith("amp auto") for n in s.notes)
     assert resolve_speed(_cfg("dcgan", amp="off", fused_adam=False).train).amp == "off"
     assert resolve_speed(_cfg("dcgan", amp=False).train).amp == "off"  # `--set train.amp=off` parses as false
@@ -83,8 +84,12 @@ def test_auto_resolution_is_explained_and_bad_values_are_rejected():
 
 def test_tensor_stats_are_averaged_on_device_and_read_once():
     from medsynth.train.distributed import DistInfo
+    from medsynth.train.stats import Tally
 
-    acc = {"loss/D": torch.tensor(3.0), "r1": 1.5}
-    means = loop._tick_means(acc, {"loss/D": 2, "r1": 3}, DistInfo(), torch.device("cpu"))
-    assert means == {"loss/D": 1.5, "r1": 0.5}
-
+    tally = Tally()
+    tally.add({"loss/D": torch.tensor(1.0), "r1": 0.5}, 8)
+    tally.add({"loss/D": torch.tensor(2.0), "r1": 1.0}, 8)
+    tally.add({"r1": 0.0}, 8)
+    assert isinstance(tally.sums["loss/D"], torch.Tensor)  # summed on the device, not read per update
+    assert tally.means(DistInfo(), torch.device("cpu")) == {"loss/D": 1.5, "r1": 0.5}
+    assert tally.images == 24

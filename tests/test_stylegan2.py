@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.config import resolve
-from medsynth.models.base import Batch
+from medsynth.models.base import Batch, StepInfo
 from medsynth.models.registry import build_model
 from medsynth.models.stylegan2 import ModulatedConv, stylegan2_channels
 
@@ -56,9 +56,9 @@ def _train_g_a_little(m, steps=3):
     batch = Batch(torch.rand(8, 1, 16, 16, generator=g) * 2 - 1, torch.tensor([0, 1] * 4))
     opt = torch.optim.Adam(m.G.parameters(), lr=1e-2)
     for step in range(steps):
-        loss, _ = m.loss("G", batch, step)
+        loss, _ = m.loss("G", batch, StepInfo(step, 8))
         opt.zero_grad(), loss.backward(), opt.step()
-        m.on_step_end(step)
+        m.on_step_end(StepInfo(step, 8))
 
 
 def test_truncation_zero_returns_the_class_mean_image():
@@ -115,7 +115,17 @@ def test_path_length_target_is_tracked():
     m = _model()
     batch = Batch(torch.rand(8, 1, 16, 16) * 2 - 1, torch.tensor([0, 1] * 4))
     assert float(m.pl_mean) == 0
-    loss, stats = m.loss("Greg", batch, 0)
+    loss, stats = m.loss("Greg", batch, StepInfo(0, 8))
     assert torch.isfinite(loss) and float(m.pl_mean) > 0 and stats["pl_mean"] == float(m.pl_mean)
-    loss, stats = m.loss("Dreg", batch, 0)
+    loss, stats = m.loss("Dreg", batch, StepInfo(0, 8))
     assert torch.isfinite(loss) and stats["r1"] > 0
+
+
+def test_r1_heuristic_uses_the_global_batch():
+    """gamma = 0.0002 * size^2 / batch with the loop's global batch, not one rank's slice."""
+    m = _model()
+    assert m.p.r1_gamma is None
+    half = Batch(torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1] * 2))
+    loss, stats = m.loss("Dreg", half, StepInfo(0, 8, world_size=2))
+    expected = 0.5 * (0.0002 * 16**2 / 8) * m.p.r1_every
+    assert float(loss) == pytest.approx(float(stats["r1"]) * expected, rel=1e-6)

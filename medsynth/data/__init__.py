@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ImageSet": "dataset",
+    "ImageSet": "imageset",
     "load_image_set": "dataset",
     "ImageRecord": "readers",
     "read_image": "readers",

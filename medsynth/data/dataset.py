@@ -48,9 +48,10 @@ import pandas as pd
 import torch
 
 from medsynth.atomic import atomic_path
+from medsynth.data import lidc
+from medsynth.data.imageset import ImageSet
 from medsynth.data.manifest import patient_split, read_manifest, select_rows
 from medsynth.data.readers import (
-    ImageRecord,
     _dcmread,
     _read_series,
     detect_format,
@@ -67,63 +68,6 @@ log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
 _SPLIT_ALIASES = {"valid": "val", "validation": "val", "training": "train", "testing": "test"}
-
-
-@dataclass
-class ImageSet:
-    """A set of images ready for a model.
-
-    Attributes:
-        images: float32 ``(N, 1, H, W)`` or ``(N, 1, D, H, W)`` in ``[-1, 1]``.
-        labels: int64 ``(N,)``; -1 = unknown.
-        patient_ids: N patient identifiers.
-        paths: N source paths (``file.npz#i`` for images inside an npz).
-        splits: N of ``"train"``, ``"val"``, ``"test"`` (or ``""``).
-        modality: ``"xray"`` or ``"ct"``.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    patient_ids: list[str]
-    paths: list[str]
-    splits: list[str]
-    modality: str
-
-    def __post_init__(self):
-        n = int(self.images.shape[0])
-        lens = {len(self.labels), len(self.patient_ids), len(self.paths), len(self.splits)}
-        if lens != {n}:
-            raise ValueError(
-                f"ImageSet fields disagree in length: images {n}, labels {len(self.labels)}, "
-                f"patient_ids {len(self.patient_ids)}, paths {len(self.paths)}, splits {len(self.splits)}"
-            )
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, idx) -> "ImageSet":
-        """Rows ``idx`` (int sequence, numpy/torch index array or boolean mask) as a new set."""
-        if isinstance(idx, torch.Tensor):
-            idx = idx.cpu().numpy()
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            if idx.shape != (len(self),):
-                raise ValueError(f"boolean mask of shape {idx.shape} for {len(self)} images")
-            idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64).reshape(-1)
-        t = torch.as_tensor(idx, dtype=torch.long)
-        return ImageSet(
-            images=self.images[t],
-            labels=self.labels[t],
-            patient_ids=[self.patient_ids[i] for i in idx],
-            paths=[self.paths[i] for i in idx],
-            splits=[self.splits[i] for i in idx],
-            modality=self.modality,
-        )
-
-    def split(self, name: str) -> "ImageSet":
-        """The images whose split is ``name`` (``train``, ``val`` or ``test``)."""
-        return self.subset(np.array([s == name for s in self.splits], dtype=bool))
 
 
 @dataclass
@@ -210,8 +154,6 @@ def load_image_set(
         raise MedsynthError(source, "not found")
 
     if source.is_dir() and (source / "nodules_axial_50px.npz").exists():
-        from medsynth.data import lidc  # another module; imported lazily
-
         if modality != "ct":
             log.info("%s is the LIDC CT folder; loading it as CT", source)
         ims = lidc.load_lidc(source, spatial_dims=spatial_dims, size=size, ct_window=ct_window)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.imageset import ImageSet
 from medsynth.data.windows import hu_to_unit
 from medsynth.errors import MedsynthError
 
@@ -81,7 +82,7 @@ def load_lidc(
     size: int | None = 64,
     ct_window: str | tuple[float, float] = "lung",
     seed: int = 0,
-):
+) -> ImageSet:
     """Load the LIDC nodule crops as a benign (0) vs malignant (1) :class:`ImageSet`.
 
     Args:
@@ -102,8 +103,6 @@ def load_lidc(
     Raises:
         MedsynthError: the folder or one of its files is missing or malformed.
     """
-    from medsynth.data.dataset import ImageSet
-
     root = Path(root)
     if spatial_dims not in LIDC_FILES:
         raise MedsynthError(root, f"spatial_dims must be 2 or 3, got {spatial_dims}")

@@ -2,9 +2,10 @@
 
 :func:`evaluate_sets` computes every metric from image tensors; :func:`evaluate_run` loads a
 run directory (generator and discriminator from ``checkpoints/last.pt`` through
-:func:`medsynth.train.loop.load_trained`, real data from the run's saved ``config.yaml``),
+:func:`medsynth.runs.load_trained`, real data from the run's saved ``config.yaml``),
 samples synthetic images, calls :func:`evaluate_sets` and writes
-``RUN/evaluate/evaluation.{json,md}`` plus PNG figures (atomic writes).
+``RUN/evaluate/evaluation.{json,md}`` plus PNG figures (atomic writes; the JSON through
+:mod:`medsynth.results`, schema ``evaluation``).
 
 Features: the project's own feature encoder (:mod:`medsynth.metrics.fidelity`: convolutional
 autoencoder trained on the real training images only, bottleneck + texture statistics; no
@@ -29,7 +30,6 @@ and discriminator) on training vs held-out real images with a held-out-vs-held-o
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -67,32 +67,16 @@ from medsynth.metrics.membership import (
     membership_attack,
 )
 from medsynth.metrics.prdc import kernel_inception_distance, prdc
+from medsynth.results import EVALUATION, write_result
 
 logger = logging.getLogger(__name__)
 
-EVAL_FORMAT = "medsynth-evaluation/1"
 #: flagged when more than this fraction of synthetic images is closer to a training image than
 #: the 1st percentile of real-to-real distances (the same rule as the report's DCR screen).
 MEMORISATION_FLAG_FRACTION = 0.05
 N_CLOSEST_PAIRS = 8
-
-
-def jsonable(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None, paths to str."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+#: images of each set (synthetic, real) in the side-by-side sample figure
+GRID_N = 16
 
 
 def _mean_sd(vals: list[float]) -> dict[str, float]:
@@ -191,6 +175,36 @@ def _view(x: torch.Tensor) -> np.ndarray:
     if x.dim() == 5:
         x = x[:, :, x.shape[2] // 2]
     return x[:, 0].clamp(-1, 1).numpy()
+
+
+def _tile(imgs: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
+    """(n, H, W) in [-1, 1] -> one (rows*(H+pad)+pad, ncol*(W+pad)+pad) mosaic on a -1 background."""
+    n, h, w = imgs.shape
+    nrow = max(1, math.ceil(n / ncol))
+    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), -1.0, dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = imgs[i]
+    return out
+
+
+def fig_samples(synth: torch.Tensor, real: torch.Tensor, *, seed: int = 0, n: int = GRID_N) -> bytes:
+    """PNG: ``n`` random synthetic images (left) beside ``n`` random real training images (right).
+
+    Args:
+        synth, real: ``(M, 1, *S)`` / ``(N, 1, *S)`` in [-1, 1]; volumes show their central slice.
+        seed: chooses the images (its own stream, ``[seed, 2]``: the metrics' draws are untouched).
+    """
+    rng = np.random.default_rng([seed, 2])
+    si = np.sort(rng.choice(len(synth), size=min(n, len(synth)), replace=False))
+    ri = np.sort(rng.choice(len(real), size=min(n, len(real)), replace=False))
+    note = " (central slices)" if synth.dim() == 5 else ""
+    fig = _figure(9, 4.8)
+    for ax, x, idx, title in zip(fig.subplots(1, 2), (synth, real), (si, ri), ("synthetic", "real training")):
+        ax.imshow(_tile(_view(x[torch.as_tensor(idx)]), 4), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"{len(idx)} {title}{note}", fontsize=10)
+        ax.axis("off")
+    return _png(fig)
 
 
 def fig_closest_pairs(synth: torch.Tensor, real: torch.Tensor, dists: np.ndarray) -> bytes:
@@ -358,7 +372,8 @@ def evaluate_sets(
     if synth_labels is not None and train_labels is not None:
         fid["per_class"] = per_class_fidelity(fr, np.asarray(train_labels).ravel(), fs,
                                               np.asarray(synth_labels).ravel(), seed=seed, repeats=repeats)
-    figures: dict[str, bytes] = {"fig_intensity.png": _fig_intensity(tr, sy, modality, ct_window)}
+    figures: dict[str, bytes] = {"fig_samples.png": fig_samples(sy, tr, seed=seed),
+                                 "fig_intensity.png": _fig_intensity(tr, sy, modality, ct_window)}
 
     # ---- privacy: DCR / NNDR in pixel space
     dcr, nndr = dcr_nndr(sy, tr)
@@ -410,7 +425,7 @@ def evaluate_sets(
                 logger.warning("discriminator attack skipped: %s", exc)
                 mia["discriminator"] = {"skipped": str(exc)}
     priv["membership_inference"] = mia
-    result = {"format": EVAL_FORMAT, "modality": modality, "image_shape": list(tr.shape[1:]), "seed": int(seed),
+    result = {"modality": modality, "image_shape": list(tr.shape[1:]), "seed": int(seed),
               "fidelity": fid, "privacy": priv, "seconds": round(time.perf_counter() - t0, 1)}
     return result, figures
 
@@ -526,38 +541,30 @@ def evaluation_markdown(ev: dict) -> str:
     for title, header, rows in evaluation_tables(ev):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
         lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    for name, cap in (("fig_closest_pairs.png", "closest synthetic/training pairs"),
+    for name, cap in (("fig_samples.png", "random synthetic (left) and real training (right) images"),
+                      ("fig_closest_pairs.png", "closest synthetic/training pairs"),
                       ("fig_dcr_nndr.png", "DCR and NNDR distributions"),
                       ("fig_intensity.png", "intensity histograms in the body mask")):
-        if name in ev.get("figures", {}).values() or name in ev.get("figures", []):
+        if name in ev["figures"].values():
             lines += ["", f"![{cap}]({name})"]
     return "\n".join(lines) + "\n"
 
 
 def write_evaluation(ev: dict, figures: dict[str, bytes], out_dir: str | Path) -> Path:
-    """Write ``evaluation.json``, ``evaluation.md`` and the figures into ``out_dir`` (atomic)."""
+    """Write ``evaluation.json`` (:func:`medsynth.results.write_result`, kind ``evaluation``),
+    ``evaluation.md`` and the figures into ``out_dir`` (atomic). Read it back with
+    :func:`medsynth.results.read_evaluation`.
+
+    Returns:
+        The path of ``evaluation.json``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in figures.items():
         write_bytes(out_dir / name, data)
     ev = dict(ev, figures={n.removesuffix(".png"): n for n in figures})
     write_text(out_dir / "evaluation.md", evaluation_markdown(ev))
-    write_text(out_dir / "evaluation.json", json.dumps(jsonable(ev), indent=1) + "\n")
-    return out_dir / "evaluation.json"
-
-
-def read_evaluation(run_dir: str | Path) -> dict | None:
-    """The ``RUN/evaluate/evaluation.json`` written by :func:`evaluate_run`, or ``None``."""
-    path = Path(run_dir) / "evaluate" / "evaluation.json"
-    if not path.is_file():
-        return None
-    try:
-        ev = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MedsynthError(path, "is not valid JSON") from exc
-    if not isinstance(ev, dict) or ev.get("format") != EVAL_FORMAT:
-        raise MedsynthError(path, "is not a medsynth evaluation file")
-    return ev
+    return write_result(out_dir / "evaluation.json", EVALUATION, ev)
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,8 +605,8 @@ def evaluate_run(
         The path of ``evaluation.json``.
     """
     from medsynth.data.dataset import load_image_set, load_two_domains
-    from medsynth.train.dp import describe as describe_dp
-    from medsynth.train.loop import load_trained
+    from medsynth.runs import describe_dp
+    from medsynth.runs import load_trained
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

@@ -379,28 +379,3 @@ def frechet_distance(feats_a, feats_b, *, eps: float = 1e-6) -> float:
     fd = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean)
     return max(fd, 0.0)
 
-
-def frechet_floor(real_feats, seed: int = 0, *, n_repeats: int = 1) -> float:
-    """Real-vs-real floor: FD between two random halves of the real features.
-
-    A generator cannot be expected to score below this at the same sample size (N/2 vs N/2);
-    compare it with the FD of N/2 synthetic vs N/2 real features.
-
-    Args:
-        real_feats: ``(N, F)`` features of real images, N ≥ 4.
-        seed: seeds the random split(s).
-        n_repeats: number of random splits averaged.
-
-    Returns:
-        The mean FD over the splits.
-    """
-    a = _as_features(real_feats, "real_feats")
-    if a.shape[0] < 4:
-        raise MedsynthError("real_feats", f"need at least 4 real images for a floor, got {a.shape[0]}")
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(max(1, n_repeats)):
-        perm = rng.permutation(a.shape[0])
-        h = a.shape[0] // 2
-        vals.append(frechet_distance(a[perm[:h]], a[perm[h : 2 * h]]))
-    return float(np.mean(vals))

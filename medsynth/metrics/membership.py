@@ -28,17 +28,16 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
-from torch import nn
 
 from medsynth.errors import MedsynthError
 from medsynth.metrics.stats import bootstrap_ci
+from medsynth.models.base import GANVariant
 
 logger = logging.getLogger(__name__)
 
@@ -126,17 +125,17 @@ def distance_attack_scores(real_images, synthetic) -> np.ndarray:
 
 
 @torch.no_grad()
-def discriminator_scores(model: nn.Module, images, labels=None, *, batch_size: int = 64,
+def discriminator_scores(model: GANVariant, images, labels=None, *, batch_size: int = 64,
                          seed: int = 0) -> np.ndarray:
     """Discriminator logits of a trained variant on real images (the white-box attack score).
 
-    ``model.D(x, labels)`` is called in eval mode on un-augmented images. Discriminators with
-    minibatch statistics (minibatch-stddev) score each image together with its batch, so the
-    images are scored in one seeded random order: training and held-out images share batches
-    and neither group gets systematically different companions.
+    ``model.d_logits(x, labels)`` (default ``D(x, labels)``) is called in eval mode on un-augmented
+    images. Discriminators with minibatch statistics (minibatch-stddev) score each image together
+    with its batch, so the images are scored in one seeded random order: training and held-out
+    images share batches and neither group gets systematically different companions.
 
     Args:
-        model: a :class:`medsynth.models.base.GANVariant` with a ``D`` taking ``(x, labels)``.
+        model: a :class:`medsynth.models.base.GANVariant` with ``supports_d_logits``.
         images: ``(N, 1, *S)`` float32 in [-1, 1].
         labels: ``(N,)`` int64 class labels (needed when the model is class-conditional).
         batch_size: images per D call (use the training batch size).
@@ -146,22 +145,19 @@ def discriminator_scores(model: nn.Module, images, labels=None, *, batch_size: i
         ``(N,)`` float64 logits in the images' order (higher = "real" to D).
 
     Raises:
-        MedsynthError: the variant has no discriminator of that form (e.g. CycleGAN's two
-            domain discriminators, ProGAN's staged D), or labels are missing/unknown.
+        MedsynthError: ``model`` is not a variant, the variant declares no ``d_logits``
+            (``supports_d_logits`` False: e.g. CycleGAN's two domain discriminators, ProGAN's
+            staged D), or labels are missing/unknown.
     """
-    d = getattr(model, "d_logits", None)  # a variant whose D is not D(images, labels) may provide one
-    if d is None:
-        d = getattr(model, "D", None)
-        if not isinstance(d, nn.Module):
-            raise MedsynthError("model", f"{type(model).__name__} has no single discriminator `D`")
-        params = [p for p in inspect.signature(d.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if len(params) > 2 and any(p.default is inspect.Parameter.empty for p in params[2:]):
-            raise MedsynthError("model", f"{type(model).__name__}.D needs more than (images, labels); "
-                                         "discriminator attack not supported for this variant")
+    if not isinstance(model, GANVariant):
+        raise MedsynthError("model", f"{type(model).__name__} is not a GAN variant (no discriminator score)")
+    if not model.supports_d_logits:
+        raise MedsynthError("model", f"{type(model).__name__} declares no discriminator score (supports_d_logits "
+                                     "is False); discriminator attack not supported for this variant")
+    d = model.d_logits
     x = torch.as_tensor(images).detach().to(torch.float32).cpu()
     n = len(x)
-    conditional = int(getattr(model, "num_classes", 0)) > 0
+    conditional = model.num_classes > 0
     lab = None
     if conditional:
         if labels is None:

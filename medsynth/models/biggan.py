@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import (ConditionalBatchNorm, ResBlockUp, ResDiscriminator, SelfAttention, conv_cls,
                                     maybe_sn)
 from medsynth.models.registry import register_model
@@ -150,9 +150,7 @@ class BigGenerator(nn.Module):
         return [_raw_weight(m) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear))]
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.num_classes > 0 and labels is None:
-            raise ValueError("this generator is class-conditional: labels are required")
-        if labels is None or self.num_classes == 0:
+        if self.num_classes == 0:  # one learned embedding row
             labels = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
         chunks = torch.tensor_split(z, self.n_chunks, dim=1)
         e = self.shared(labels)
@@ -194,17 +192,13 @@ class BigGAN(GANVariant):
         net = self.generator(ema)
         if truncation is not None:
             z = truncate_latent(z, float(truncation), self.p.truncation_mode)
-        return net(z, labels)
+        return net(z, self.class_labels(labels))
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        labels, z = self.conditioning(batch)
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
         if phase == "D":
-            with torch.no_grad():
-                fake = self.G(z, labels)
-            real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
-            loss = losses.hinge_d_loss(real_logits, fake_logits)
-            return loss, self.d_stats(loss, real_logits, fake_logits, probabilities=False)
+            return self.adversarial_loss(phase, batch, losses.hinge_d_loss, losses.hinge_g_loss, probabilities=False)
         if phase == "G":
+            labels, z = self.conditioning(batch)
             adv = losses.hinge_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
             stats = {"loss/G_adv": adv.detach()}
             loss = adv

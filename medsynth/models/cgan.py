@@ -22,13 +22,10 @@ from medsynth.models.registry import register_model
 class CGAN(DCGAN):
     """Conditional DCGAN: phases D then G; the class (one-hot) conditions both networks."""
 
-    #: The contract test skips its unconditional case for variants that need labels.
+    #: Conditional by definition (use dcgan for unconditional training).
     requires_labels = True
 
     def __init__(self, cfg):
-        if int(cfg.num_classes) <= 0:
-            raise MedsynthError("model.num_classes", "cgan is a conditional GAN: set model.num_classes > 0 "
-                                "(2 for nodule absent/present); use dcgan for unconditional training")
         super().__init__(cfg)
         if self.p.g_cond != "onehot":
             raise MedsynthError("model.params.g_cond", "cgan concatenates a one-hot label to z (g_cond: onehot)")

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import MinibatchStdDev, conv_cls, init_dcgan_weights, norm_layer, num_doublings
 from medsynth.models.registry import register_model
 
@@ -187,8 +186,9 @@ class CoupledDiscriminator(nn.Module):
 class CoGAN(GANVariant):
     """CoGAN: phases D (both heads + shared trunk) then G (shared trunk + both heads)."""
 
-    #: Two domains given as labels: the unconditional contract case does not apply.
+    #: Two domains given as labels (0 = domain 1, 1 = domain 2).
     requires_labels = True
+    supports_pairs = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -219,14 +219,15 @@ class CoGAN(GANVariant):
         return self.generator(ema)(z, labels)
 
     @torch.no_grad()
-    def d_logits(self, x: Tensor, labels: Tensor) -> Tensor:
+    def d_logits(self, images: Tensor, labels: Tensor | None) -> Tensor:
         """D's logits ``(N,)`` for images ``(N, C, *S)`` of domains ``labels`` ``(N,)``: each image
         is scored by its domain's head (membership inference calls this)."""
-        out = x.new_zeros(x.shape[0], dtype=torch.float32)
+        labels = self.class_labels(labels)
+        out = images.new_zeros(images.shape[0], dtype=torch.float32)
         for dom in (0, 1):
             sel = labels == dom
             if bool(sel.any()):
-                out[sel] = self.D(x[sel], dom).reshape(int(sel.sum()), -1).mean(1).float()
+                out[sel] = self.D(images[sel], dom).reshape(int(sel.sum()), -1).mean(1).float()
         return out
 
     def sample_pairs(self, n: int, *, generator: torch.Generator | None = None,
@@ -242,12 +243,9 @@ class CoGAN(GANVariant):
         finally:
             self.train(was_training)
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        if batch.labels is None:
-            raise ValueError("cogan: every batch needs domain labels (0 = domain 1, 1 = domain 2)")
-        n = batch.images.shape[0]
-        z = self.latent(n, device=batch.images.device)
-        reals = (batch.images[batch.labels == 0], batch.images[batch.labels == 1])
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
+        domains, z = self.conditioning(batch)
+        reals = (batch.images[domains == 0], batch.images[domains == 1])
         if phase == "D":
             with torch.no_grad():
                 fakes = self.G.pair(z)
@@ -255,7 +253,7 @@ class CoGAN(GANVariant):
             for k in (0, 1):
                 fake_l = self.D(self.d_input(fakes[k]), k)
                 # fake half only when this domain has no real image in the batch
-                term = F.binary_cross_entropy_with_logits(fake_l, torch.zeros_like(fake_l))
+                term = losses.bce_fake_loss(fake_l)
                 if len(reals[k]):
                     rl = self.D(self.d_input(reals[k]), k)
                     real_logits.append(rl)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import conv_cls, norm_layer
 from medsynth.models.registry import register_model
 
@@ -167,8 +167,11 @@ def patch_layers(size: int, requested: int = 0) -> int:
 class CycleGAN(GANVariant):
     """CycleGAN: phase G (both generators) then D (both discriminators); label 0 = A, 1 = B."""
 
-    #: Two domains given as labels: the unconditional contract case does not apply.
+    #: Two domains given as labels (0 = A, 1 = B).
     requires_labels = True
+    supports_translation = True
+    #: Two PatchGAN discriminators, one per domain, each scoring patches of its own domain.
+    supports_d_logits = False
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -199,9 +202,6 @@ class CycleGAN(GANVariant):
             self.register_buffer(f"examples_{dom}_n", torch.zeros((), dtype=torch.long))
 
     # ---- translation ---------------------------------------------------------------------------
-    def _gens(self, ema: bool) -> nn.ModuleDict:
-        return self.G_ema if (ema and self.G_ema is not None) else self.G
-
     @torch.no_grad()
     def translate(self, images: Tensor, direction: str = "a2b", *, ema: bool = True, batch_size: int = 64) -> Tensor:
         """Translate real images between the domains, in eval mode.
@@ -216,7 +216,7 @@ class CycleGAN(GANVariant):
             raise ValueError(f"direction must be 'a2b' or 'b2a', got {direction!r}")
         if tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(f"images have shape {tuple(images.shape[1:])}, model expects {self.image_shape}")
-        net = self._gens(ema)[direction[0] + direction[2]]
+        net = self.generator(ema)[direction[0] + direction[2]]
         was_training = self.training
         self.eval()
         try:
@@ -301,20 +301,18 @@ class CycleGAN(GANVariant):
 
     def _adv_d(self, scores: Tensor, real: bool) -> Tensor:
         if self.p.adv_loss == "lsgan":
-            return 0.5 * (scores - (1.0 if real else 0.0)).pow(2).mean()
-        target = torch.ones_like(scores) if real else torch.zeros_like(scores)
-        return F.binary_cross_entropy_with_logits(scores, target)
+            return losses.lsgan_d_term(scores, 1.0 if real else 0.0)
+        return losses.bce_real_loss(scores) if real else losses.bce_fake_loss(scores)
 
     def phases(self) -> list[Phase]:
         b = tuple(self.cfg.betas)
         return [Phase("G", ("G",), self.cfg.lr_g, b), Phase("D", ("D",), self.cfg.lr_d, b)]
 
     def _split(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        if batch.labels is None:
-            raise ValueError("cyclegan: every batch needs domain labels (0 = A, 1 = B)")
-        return batch.images[batch.labels == 0], batch.images[batch.labels == 1]
+        domains = self.class_labels(batch.labels)
+        return batch.images[domains == 0], batch.images[domains == 1]
 
-    def loss(self, phase: str, batch: Batch, step: int):
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
         a, b = self._split(batch)
         zero = batch.images.new_zeros(())
         if phase == "G":

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from medsynth import losses
-from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema
+from medsynth.errors import MedsynthError
+from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import DCDiscriminator, DCGenerator, init_dcgan_weights
 from medsynth.models.registry import register_model
 
@@ -54,7 +54,7 @@ class DCGAN(GANVariant):
     dp_phase = "D"
 
     @classmethod
-    def dp_params(cls, params: dict) -> dict:
+    def dp_params(cls, params: dict | None) -> dict:
         """``model.params`` made per-sample clippable for DP training.
 
         BatchNorm and minibatch-stddev mix the samples of a batch, so one image's gradient would
@@ -63,8 +63,6 @@ class DCGAN(GANVariant):
         change is logged by the caller and recorded in the run's config. ADA raises a one-line
         error (its ``p`` follows D's outputs on real images outside the DP mechanism).
         """
-        from medsynth.errors import MedsynthError
-
         out = dict(params or {})
         if out.get("augment") == "ada":
             raise MedsynthError("model.params.augment", "ADA adapts to D's outputs on real images outside DP: "
@@ -86,14 +84,6 @@ class DCGAN(GANVariant):
         init_dcgan_weights(self.D)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        labels, z = self.conditioning(batch)
-        if phase == "D":
-            fake = self.G(z, labels).detach()
-            real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
-            loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
-            return loss, self.d_stats(loss, real_logits, fake_logits)
-        if phase == "G":
-            loss = losses.bce_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
-            return loss, {"loss/G": loss.detach()}
-        raise KeyError(phase)
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
+        return self.adversarial_loss(phase, batch, lambda r, f: losses.bce_d_loss(r, f, self.p.real_target),
+                                     losses.bce_g_loss)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, VariantParams, make_ema, StepInfo
 from medsynth.models.registry import register_model
 
 
@@ -67,8 +67,6 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.num_classes > 0:
-            if labels is None:
-                raise ValueError("this generator is class-conditional: labels are required")
             z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], 1)
         return self.net(z).view(z.shape[0], *self.image_shape)
 
@@ -94,8 +92,6 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         h = x.flatten(1)
         if self.num_classes > 0:
-            if labels is None:
-                raise ValueError("this discriminator is class-conditional: labels are required")
             h = torch.cat([h, F.one_hot(labels, self.num_classes).to(h.dtype)], 1)
         return self.net(h).squeeze(1)
 
@@ -115,18 +111,6 @@ class GAN(GANVariant):
         self.D = MLPDiscriminator(self.image_shape, hidden[::-1], self.num_classes, self.p.dropout)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        labels, z = self.conditioning(batch)
-        if phase == "D":
-            fake = self.G(z, labels).detach()
-            real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
-            loss = losses.bce_d_loss(real_logits, fake_logits, self.p.real_target)
-            return loss, self.d_stats(loss, real_logits, fake_logits)
-        if phase == "G":
-            fake_logits = self.D(self.d_input(self.G(z, labels)), labels)
-            if self.p.g_loss == "minimax":
-                loss = losses.minimax_g_loss(fake_logits)
-            else:
-                loss = losses.bce_g_loss(fake_logits)
-            return loss, {"loss/G": loss.detach()}
-        raise KeyError(phase)
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
+        g_loss = losses.minimax_g_loss if self.p.g_loss == "minimax" else losses.bce_g_loss
+        return self.adversarial_loss(phase, batch, lambda r, f: losses.bce_d_loss(r, f, self.p.real_target), g_loss)

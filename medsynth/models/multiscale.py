@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsynth import losses
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, ema_update, make_ema
-from medsynth.models.layers import MinibatchStdDev, conv_cls, down2, norm_layer, pixel_norm, up2_nearest
+from medsynth.models.base import Batch, GANVariant, Phase, StepInfo, VariantParams, ema_beta, ema_update, make_ema
+from medsynth.models.layers import MinibatchStdDev, conv_cls, down2, norm_layer, pixel_norm, resize_to, up2_nearest
 from medsynth.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,6 @@ class CoarseGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.num_classes > 0:
-            if labels is None:
-                raise ValueError("this generator is class-conditional: labels are required")
             z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], 1)
         x = self.fc_act(self.fc(z).view(z.shape[0], *self.seed_shape))
         for block in self.blocks:
@@ -168,8 +166,6 @@ class PatchGenerator(nn.Module):
         spatial = tuple(cond.shape[2:])
         parts = [cond, noise, coords.to(cond.dtype), _onehot_maps(level, self.levels, spatial, cond.dtype)]
         if self.num_classes > 0:
-            if labels is None:
-                raise ValueError("this generator is class-conditional: labels are required")
             parts.append(_onehot_maps(labels, self.num_classes, spatial, cond.dtype))
         h = torch.cat(parts, 1)
         for conv in self.convs[:-1]:
@@ -247,6 +243,10 @@ class MultiscaleGAN(GANVariant):
     Phases (each its own Adam): ``Dc``, ``Gc`` (coarse whole image), ``Dp``, ``Gp`` (tiles).
     """
 
+    #: Its critics score the coarse image and conditioned tiles, not a full-size training image.
+    supports_d_logits = False
+    extra_api = frozenset({"level_size", "real_windows", "generate_levels"})
+
     def __init__(self, cfg):
         super().__init__(cfg)
         from medsynth.errors import MedsynthError
@@ -288,18 +288,13 @@ class MultiscaleGAN(GANVariant):
         return [Phase("Dc", ("Dc",), cfg.lr_d, b), Phase("Gc", ("Gc",), cfg.lr_g, b),
                 Phase("Dp", ("Dp",), cfg.lr_d, b), Phase("Gp", ("Gp",), cfg.lr_g, b)]
 
-    def on_step_end(self, step: int) -> None:
-        super().on_step_end(step)
+    def on_step_end(self, info: StepInfo) -> None:
+        """ADA (base), then the EMA of both generators (warm-up on the global ``info.step``)."""
+        super().on_step_end(info)
         if self.Gc_ema is not None:
-            beta = min(float(self.cfg.ema_beta), (1.0 + step) / (10.0 + step))
+            beta = ema_beta(self.cfg.ema_beta, int(info.step))
             ema_update(self.Gc_ema, self.Gc, beta)
             ema_update(self.Gp_ema, self.Gp, beta)
-
-    def _pool(self, x: Tensor, size: int) -> Tensor:
-        f = x.shape[-1] // size
-        if f == 1:
-            return x
-        return F.avg_pool2d(x, f) if x.dim() == 4 else F.avg_pool3d(x, f)
 
     def _label_maps(self, labels: Tensor | None, spatial: tuple[int, ...], like: Tensor) -> list[Tensor]:
         return [] if self.num_classes <= 0 else [_onehot_maps(labels, self.num_classes, spatial, like.dtype)]
@@ -345,10 +340,10 @@ class MultiscaleGAN(GANVariant):
         parts = [pair, coord_maps(starts + m, pt, res).to(tile), _onehot_maps(level, self.levels, spatial, tile.dtype)]
         return torch.cat(parts + self._label_maps(labels, spatial, tile), 1)
 
-    def loss(self, phase: str, batch: Batch, step: int):
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
         x = batch.images
         n = x.shape[0]
-        labels = batch.labels if self.num_classes > 0 else None
+        labels = self.class_labels(batch.labels)
         rt = self.p.real_target
         if phase in ("Dc", "Gc"):
             z = self.latent(n, device=x.device)
@@ -358,8 +353,9 @@ class MultiscaleGAN(GANVariant):
                 return self.Dc(torch.cat([self.d_input(img)] + self._label_maps(labels, sp, img), 1), labels)
 
             if phase == "Dc":
-                fake = self.Gc(z, labels).detach()
-                real_logits = self.d_real(dc(self._pool(x, self.coarse)))
+                with torch.no_grad():
+                    fake = self.Gc(z, labels)
+                real_logits = self.d_real(dc(resize_to(x, self.coarse)))
                 fake_logits = dc(fake)
                 loss = losses.bce_d_loss(real_logits, fake_logits, rt)
                 return loss, {"loss/Dc": loss.detach(), "Dc(real)": real_logits.sigmoid().mean().detach(),
@@ -418,6 +414,7 @@ class MultiscaleGAN(GANVariant):
         dev = next(gp.parameters()).device
         n, d, m, pt = z.shape[0], self.spatial_dims, self.margin, self.patch
         gens = self._noise_generators(z)
+        labels = self.class_labels(labels)
         lab = None if labels is None else labels.to(dev)
         prev = gc(z.to(dev), lab).float().cpu()
         out_levels = [prev]

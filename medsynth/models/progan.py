@@ -15,10 +15,11 @@ non-saturating loss with R1, ``params.loss: ns``). Each new resolution is faded 
 (down-sampled, then blended with their 2x-coarser version).
 
 Schedule: ``kimg_per_stage`` thousand real images shown to D per stage, counted as
-``(step + 1) * batch_size * n_critic`` in :meth:`ProGAN.on_step_end` (the batch size is recorded
-from the first batch ``loss`` sees). ``stage`` and ``alpha`` are buffers: checkpoints resume
-mid-fade exactly. ``generate`` returns the current resolution up-sampled (nearest) to
-``cfg.size``, so samples always have the model's shape.
+``(step + 1) * batch_size * n_critic`` in :meth:`ProGAN.on_step_end` from the loop's
+:class:`~medsynth.models.base.StepInfo` (the global batch: several processes follow the schedule
+of one). ``stage`` and ``alpha`` are buffers: checkpoints resume mid-fade exactly. ``generate``
+returns the current resolution up-sampled (nearest) to ``cfg.size``, so samples always have the
+model's shape.
 
 Channels: the stage at resolution ``r`` has ``width * min(8, size / r)`` channels
 (64², width 32: 256, 256, 128, 64, 32 from 4² to 64²).
@@ -34,24 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsynth import losses
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
-from medsynth.models.layers import EqualizedConv, EqualizedLinear, MinibatchStdDev, down2, num_doublings, pixel_norm
+from medsynth.models.base import Batch, GANVariant, Phase, StepInfo, VariantParams, make_ema
+from medsynth.models.layers import (EqualizedConv, EqualizedLinear, MinibatchStdDev, down2, num_doublings,
+                                    pixel_norm, resize_to, up2)
 from medsynth.models.registry import register_model
-
-def up2(x: Tensor) -> Tensor:
-    """Nearest-neighbour x2 up-sampling of ``(N, C, *S)``."""
-    return F.interpolate(x, scale_factor=2, mode="nearest")
-
-
-def resize_to(x: Tensor, size: int) -> Tensor:
-    """Box-downsample or nearest-upsample ``(N, C, *S)`` (cubic, power-of-two edges) to edge ``size``."""
-    s = x.shape[-1]
-    if s > size:
-        f = s // size
-        return F.avg_pool2d(x, f) if x.dim() == 4 else F.avg_pool3d(x, f)
-    if s < size:
-        return F.interpolate(x, scale_factor=size // s, mode="nearest")
-    return x
 
 
 # ---- networks -------------------------------------------------------------------------------
@@ -102,8 +89,6 @@ class ProGenerator(nn.Module):
     def forward(self, z: Tensor, labels: Tensor | None, stage: int, alpha: float) -> Tensor:
         z = pixel_norm(z)
         if self.num_classes > 0:
-            if labels is None:
-                raise ValueError("this generator is class-conditional: labels are required")
             c = pixel_norm(self.embed(labels)) if self.embed is not None else F.one_hot(labels, self.num_classes)
             z = torch.cat([z, c.to(z.dtype)], dim=1)
         x = self._act(self.fc(z).view(z.shape[0], *self.seed_shape))
@@ -157,8 +142,6 @@ class ProDiscriminator(nn.Module):
         h = F.leaky_relu(self.fc(h.flatten(1)), 0.2)
         score = self.out(h).squeeze(1)
         if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is class-conditional: labels are required")
             score = score + (self.embed(labels) * h).sum(1)
         return score
 
@@ -209,6 +192,10 @@ class ProGANParams(VariantParams):
 class ProGAN(GANVariant):
     """Progressive GAN: phase D (``n_critic`` repeats) then G; stage/alpha advanced per step."""
 
+    #: Its D scores images at the current stage's resolution and fade (``D(x, labels, stage, alpha)``).
+    supports_d_logits = False
+    extra_api = frozenset({"schedule", "set_stage", "resolution", "lazy_r1", "fade_real"})
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.p = ProGANParams.from_dict(cfg.params, "progan")
@@ -227,7 +214,6 @@ class ProGAN(GANVariant):
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
         self.register_buffer("alpha", torch.ones((), dtype=torch.float64))
-        self.register_buffer("batch_size", torch.zeros((), dtype=torch.long))
 
     # ---- schedule ---------------------------------------------------------------------------
     def schedule(self, images_shown: float) -> tuple[int, float]:
@@ -252,11 +238,12 @@ class ProGAN(GANVariant):
         """Current edge length ``4 * 2**stage``."""
         return 4 * 2 ** int(self.stage)
 
-    def on_step_end(self, step: int) -> None:
-        super().on_step_end(step)
-        if int(self.batch_size) > 0:
-            stage, alpha = self.schedule((step + 1) * int(self.batch_size) * self.p.n_critic)
-            self.set_stage(stage, alpha)
+    def on_step_end(self, info: StepInfo) -> None:
+        """ADA and EMA (base), then ``stage``/``alpha`` for the real images shown to D through the
+        end of step ``info.step``: ``(step + 1) * batch_size * n_critic`` (global batch)."""
+        super().on_step_end(info)
+        stage, alpha = self.schedule(info.images_seen * self.p.n_critic)
+        self.set_stage(stage, alpha)
 
     # ---- contract -----------------------------------------------------------------------------
     @property
@@ -273,7 +260,7 @@ class ProGAN(GANVariant):
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
         """Images at the current resolution, nearest-upsampled to ``cfg.size``: ``(N, C, *S)``."""
         net = self.generator(ema)
-        img = net(z, labels, int(self.stage), float(self.alpha))
+        img = net(z, self.class_labels(labels), int(self.stage), float(self.alpha))
         return resize_to(img, self.cfg.size)
 
     def fade_real(self, x: Tensor) -> Tensor:
@@ -285,13 +272,9 @@ class ProGAN(GANVariant):
             x = _fade(up2(down2(x)), x, alpha)
         return x
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        n = batch.images.shape[0]
-        if int(self.batch_size) == 0:
-            self.batch_size.fill_(n)
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
         stage, alpha = int(self.stage), float(self.alpha)
-        labels = batch.labels if self.num_classes > 0 else None
-        z = self.latent(n, device=batch.images.device)
+        labels, z = self.conditioning(batch)
 
         def D(x: Tensor) -> Tensor:
             return self.D(x, labels, stage, alpha)
@@ -305,21 +288,20 @@ class ProGAN(GANVariant):
                 real_a, fake_a = self.d_input(real), self.d_input(fake)
                 real_s = self.d_real(D(real_a))
                 fake_s = D(fake_a)
-                w = losses.wgan_d_loss(real_s, fake_s)
-                gp = losses.gradient_penalty(D, real_a, fake_a.detach())
-                loss = w + self.p.gp_weight * gp + self.p.drift_weight * losses.drift_penalty(real_s)
+                loss, w, gp = losses.wgan_gp_d_loss(D, real_a, fake_a, real_s, fake_s, gp_weight=self.p.gp_weight,
+                                                    drift_weight=self.p.drift_weight)
                 stats.update({"loss/D": loss.detach(), "wasserstein": -w.detach(), "gp": gp.detach()})
             elif self.lazy_r1:
                 real_s = self.d_real(D(self.d_input(real)))
                 fake_s = D(self.d_input(fake))
-                loss = F.softplus(fake_s).mean() + F.softplus(-real_s).mean()
+                loss = losses.logistic_d_loss(real_s, fake_s)
                 stats["loss/D"] = loss.detach()
             else:
                 real_in = real.detach().requires_grad_(True)
                 real_s = self.d_real(D(self.d_input(real_in)))
                 fake_s = D(self.d_input(fake))
                 r1 = losses.r1_penalty(real_s, real_in)
-                loss = F.softplus(fake_s).mean() + F.softplus(-real_s).mean() + 0.5 * self.p.r1_gamma * r1
+                loss = losses.logistic_d_loss(real_s, fake_s) + 0.5 * self.p.r1_gamma * r1
                 stats.update({"loss/D": loss.detach(), "r1": r1.detach()})
             return loss, {**stats, **self.augment_stats()}
         if phase == "Dreg":
@@ -328,6 +310,6 @@ class ProGAN(GANVariant):
             return r1 * (0.5 * self.p.r1_gamma * self.p.r1_every), {"r1": r1.detach()}
         if phase == "G":
             fake_s = D(self.d_input(self.G(z, labels, stage, alpha)))
-            loss = losses.wgan_g_loss(fake_s) if self.p.loss == "wgan_gp" else F.softplus(-fake_s).mean()
+            loss = losses.wgan_g_loss(fake_s) if self.p.loss == "wgan_gp" else losses.logistic_g_loss(fake_s)
             return loss, {**stats, "loss/G": loss.detach()}
         raise KeyError(phase)

@@ -10,7 +10,7 @@ from medsynth.errors import MedsynthError
 _REGISTRY: dict[str, type] = {}
 
 #: Modules of ``medsynth.models`` that are infrastructure, not variants.
-_NOT_VARIANTS = {"base", "layers", "registry"}
+_NOT_VARIANTS = {"augment", "base", "layers", "registry"}
 
 
 def register_model(name: str) -> Callable[[type], type]:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from medsynth import losses
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import (ConditionalBatchNorm, ResBlockUp, ResDiscriminator, SelfAttention, conv_cls,
                                     maybe_sn, num_doublings)
 from medsynth.models.registry import register_model
@@ -100,8 +100,6 @@ class SAGenerator(nn.Module):
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         c = None
         if self.num_classes > 0:
-            if labels is None:
-                raise ValueError("this generator is class-conditional: labels are required")
             c = F.one_hot(labels, self.num_classes).to(z.dtype)  # per-class BN gain/bias
         x = self.fc(z).view(z.shape[0], *self.seed_shape)
         for k, block in enumerate(self.blocks):
@@ -128,15 +126,5 @@ class SAGAN(GANVariant):
     def phases(self) -> list[Phase]:
         return self.adversarial_phases(self.p.n_critic)
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        labels, z = self.conditioning(batch)
-        if phase == "D":
-            with torch.no_grad():
-                fake = self.G(z, labels)
-            real_logits, fake_logits = self.d_outputs(batch.images, fake, labels)
-            loss = losses.hinge_d_loss(real_logits, fake_logits)
-            return loss, self.d_stats(loss, real_logits, fake_logits, probabilities=False)
-        if phase == "G":
-            loss = losses.hinge_g_loss(self.D(self.d_input(self.G(z, labels)), labels))
-            return loss, {"loss/G": loss.detach()}
-        raise KeyError(phase)
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
+        return self.adversarial_loss(phase, batch, losses.hinge_d_loss, losses.hinge_g_loss, probabilities=False)

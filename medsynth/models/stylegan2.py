@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsynth import losses
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import MinibatchStdDev, num_doublings
 from medsynth.models.layers import EqualizedConv, EqualizedLinear, down2, pixel_norm
 from medsynth.models.registry import register_model
@@ -93,8 +93,6 @@ class MappingNetwork(nn.Module):
                 update_avg: bool = False) -> Tensor:
         x = pixel_norm(z)
         if self.embed is not None:
-            if labels is None:
-                raise ValueError("this generator is class-conditional: labels are required")
             x = torch.cat([x, pixel_norm(self.embed(labels))], dim=1)
         for fc in self.fcs:
             x = _act(fc(x))
@@ -270,8 +268,6 @@ class StyleDiscriminator(nn.Module):
         h = _act(self.fc(h.flatten(1)))
         logit = self.out(h).squeeze(1)
         if self.embed is not None:
-            if labels is None:
-                raise ValueError("this discriminator is class-conditional: labels are required")
             logit = logit + (self.embed(labels) * h).sum(1) / math.sqrt(h.shape[1])
         return logit
 
@@ -286,7 +282,8 @@ class StyleGAN2Params(VariantParams):
         channel_cap: most channels in any layer.
         mapping_lr_mul: learning-rate multiplier of the mapping network.
         style_mixing: probability of mixing two w's in a training batch.
-        r1_gamma: R1 weight gamma; ``None`` = the StyleGAN2-ADA heuristic ``0.0002 * size^2 / batch``.
+        r1_gamma: R1 weight gamma; ``None`` = the StyleGAN2-ADA heuristic ``0.0002 * size^2 / batch``
+            (``batch``: the global batch over all processes).
         r1_every: steps between lazy R1 updates (phase ``Dreg``).
         pl_weight: path-length weight (0 disables phase ``Greg``).
         pl_every: steps between path-length updates (phase ``Greg``).
@@ -316,6 +313,7 @@ class StyleGAN2(GANVariant):
     """StyleGAN2: phases D, Dreg (every 16), G, Greg (every 4); EMA generator; truncation."""
 
     supports_truncation = True
+    extra_api = frozenset({"r1_gamma"})
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -350,34 +348,34 @@ class StyleGAN2(GANVariant):
                  truncation: float | None = None) -> Tensor:
         """Images ``(N, C, *S)``; ``truncation`` psi pulls w toward the (class) average w."""
         net = self.generator(ema)
-        return net(z, labels, truncation=truncation)
+        return net(z, self.class_labels(labels), truncation=truncation)
 
     def r1_gamma(self, batch_size: int) -> float:
+        """R1 weight gamma: ``params.r1_gamma``, or the StyleGAN2-ADA heuristic
+        ``0.0002 * size^2 / batch_size`` for the global ``batch_size`` (:class:`StepInfo`)."""
         if self.p.r1_gamma is not None:
             return float(self.p.r1_gamma)
         return 0.0002 * self.cfg.size**2 / batch_size
 
-    def loss(self, phase: str, batch: Batch, step: int):
-        n = batch.images.shape[0]
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
         labels, z = self.conditioning(batch)
         if phase == "D":
             with torch.no_grad():
                 fake = self.G(z, labels, mix_prob=self.p.style_mixing)
-            real_l, fake_l = self.d_outputs(batch.images, fake, labels)
-            loss = F.softplus(fake_l).mean() + F.softplus(-real_l).mean()
-            return loss, self.d_stats(loss, real_l, fake_l)
+            return self.d_phase_loss(batch.images, fake, labels, losses.logistic_d_loss)
         if phase == "Dreg":
             real = batch.images.detach().requires_grad_(True)
             real_l = self.D(self.d_input(real), labels)
             r1 = losses.r1_penalty(real_l, real)
-            loss = r1 * (0.5 * self.r1_gamma(n) * self.p.r1_every)
+            loss = r1 * (0.5 * self.r1_gamma(info.batch_size) * self.p.r1_every)
             return loss, {"r1": r1.detach()}
         if phase == "G":
             fake = self.G(z, labels, mix_prob=self.p.style_mixing, update_avg=True)
-            loss = F.softplus(-self.D(self.d_input(fake), labels)).mean()
+            loss = losses.logistic_g_loss(self.D(self.d_input(fake), labels))
             return loss, {"loss/G": loss.detach()}
         if phase == "Greg":
-            m = max(1, n // self.p.pl_batch_shrink)
+            # the path-length batch is a fraction of this process's batch (per GPU in StyleGAN2-ADA)
+            m = max(1, batch.images.shape[0] // self.p.pl_batch_shrink)
             lab = None if labels is None else labels[:m]
             img, ws = self.G(z[:m], lab, return_ws=True)
             spatial = math.prod(img.shape[2:])

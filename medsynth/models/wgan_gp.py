@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 
 from medsynth import losses
-from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema
+from medsynth.models.base import Batch, GANVariant, Phase, VariantParams, make_ema, StepInfo
 from medsynth.models.layers import DCDiscriminator, DCGenerator, init_dcgan_weights
 from medsynth.models.registry import register_model
 
@@ -55,16 +56,16 @@ class WGANGP(GANVariant):
     def phases(self) -> list[Phase]:
         return self.adversarial_phases(self.p.n_critic)
 
-    def loss(self, phase: str, batch: Batch, step: int):
+    def loss(self, phase: str, batch: Batch, info: StepInfo):
         labels, z = self.conditioning(batch)
         if phase == "D":
-            fake = self.G(z, labels).detach()
+            with torch.no_grad():
+                fake = self.G(z, labels)
             real, fake = self.d_input(batch.images), self.d_input(fake)
             real_s = self.d_real(self.D(real, labels))
             fake_s = self.D(fake, labels)
-            w = losses.wgan_d_loss(real_s, fake_s)
-            gp = losses.gradient_penalty(lambda x: self.D(x, labels), real, fake.detach())
-            loss = w + self.p.gp_weight * gp + self.p.drift_weight * losses.drift_penalty(real_s)
+            loss, w, gp = losses.wgan_gp_d_loss(lambda x: self.D(x, labels), real, fake, real_s, fake_s,
+                                                gp_weight=self.p.gp_weight, drift_weight=self.p.drift_weight)
             return loss, {"loss/D": loss.detach(), "wasserstein": -w.detach(), "gp": gp.detach(), **self.augment_stats()}
         if phase == "G":
             loss = losses.wgan_g_loss(self.D(self.d_input(self.G(z, labels)), labels))

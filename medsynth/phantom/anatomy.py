@@ -36,7 +36,7 @@ HU = {
 
 #: scale of patient-to-patient anatomical variation: every drawn size/position parameter is
 #: ``mid + ANATOMY_VARIATION * (U(lo, hi) - mid)`` (1 = the full physiological ranges);
-#: calibrated with pipelines/phantom_difficulty.py
+#: calibrated with pipelines/studies/phantom_difficulty/
 ANATOMY_VARIATION = 1.0
 #: branches of the pulmonary vessel tree stop below this radius (mm)
 VESSEL_MIN_RADIUS_MM = 1.0
@@ -359,7 +359,7 @@ def _draw_nodule(p, rng, diameter_mm=None):
     lo, hi = NODULE_DIAMETER_RANGE
     if diameter_mm is None:
         # lo + (hi - lo) * U^k: k > 1 skews towards small nodules (calibrated, see
-        # pipelines/phantom_difficulty.py)
+        # pipelines/studies/phantom_difficulty/)
         diameter_mm = float(lo + (hi - lo) * rng.uniform() ** NODULE_SIZE_SKEW)
     R = diameter_mm / 2.0
     kind = rng.choice(["solid", "part-solid", "ground-glass"], p=list(NODULE_TEXTURE_P))

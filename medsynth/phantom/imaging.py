@@ -12,7 +12,7 @@ percentile of the processed signal inside the projected lung mask) with latitude
 :data:`LATITUDE`. Clinical DX processing optimises the grey scale for the lungs; an earlier
 version centred the curve on the whole-image median (air, mediastinum and abdomen included)
 with latitude 1.0. Mediastinum, abdomen and bone are now compressed towards white, as on a
-clinical chest image. Note (pipelines/phantom_difficulty.py): nodule detection at 64 x 64
+clinical chest image. Note (pipelines/studies/phantom_difficulty/): nodule detection at 64 x 64
 remains hard for a small CNN trained on 200 images; a 20 mm solid nodule changes the noise-free
 line integral by only ~0.2-0.35 against rib/vessel/edge structure of similar amplitude.
 """

@@ -15,6 +15,9 @@ module supplies the few collective pieces it needs:
   call through; averaging the gradients of exactly the parameters the phase updates is the
   same arithmetic as DDP, keeps the model, its ``state_dict`` and checkpoints identical to
   single-process ones, and cannot miss a module.
+* **Statistics that must be global** (ADA's overfitting sums: the tensors of the variant's
+  ``cross_rank_sums()``) are summed over ranks (:func:`all_reduce_sum`) right before
+  ``on_step_end``, so schedules see the whole global batch.
 * **Buffers** (BatchNorm running stats, ADA ``p``, path-length mean, ProGAN stage) are
   broadcast from rank 0 after each step, as DDP's ``broadcast_buffers`` does, so every rank
   holds the same model.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -138,7 +142,7 @@ def all_reduce_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
             off += g.numel()
 
 
-def broadcast_tensors(tensors: list[Tensor], info: DistInfo) -> None:
+def broadcast_tensors(tensors: Iterable[Tensor], info: DistInfo) -> None:
     """Copy rank 0's values of ``tensors`` into every rank's (in place; one broadcast per dtype)."""
     if not info.enabled:
         return
@@ -152,13 +156,19 @@ def broadcast_tensors(tensors: list[Tensor], info: DistInfo) -> None:
                 off += t.numel()
 
 
-def all_reduce_mean(values: Tensor, info: DistInfo) -> Tensor:
-    """Mean of ``values`` over ranks (a new tensor)."""
-    if not info.enabled:
-        return values
-    out = values.clone()
-    dist.all_reduce(out)
-    return out / info.world
+def all_reduce_sum(tensors: list[Tensor], info: DistInfo) -> None:
+    """Sum each of ``tensors`` over ranks, in place (one ``all_reduce`` per dtype; a no-op for an
+    empty list or a single process)."""
+    if not info.enabled or not tensors:
+        return
+    with torch.no_grad():
+        for group in _grouped(tensors).values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat)
+            off = 0
+            for t in group:
+                t.copy_(flat[off: off + t.numel()].view_as(t))
+                off += t.numel()
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:

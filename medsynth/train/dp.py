@@ -72,8 +72,8 @@ def prepare_config(cfg):
     except ImportError:
         raise MedsynthError(where, f"differentially private training needs opacus: {INSTALL}") from None
     cls = get_model(cfg.model.name)
-    if getattr(cls, "dp_phase", None) is None:
-        supported = sorted(n for n in _registered() if getattr(get_model(n), "dp_phase", None))
+    if cls.dp_phase is None:
+        supported = sorted(n for n in _registered() if get_model(n).dp_phase is not None)
         raise MedsynthError(where, f"model {cfg.model.name!r} does not support differentially private training "
                                    f"(supported: {', '.join(supported)})")
     if tc.dp_noise_multiplier is not None and tc.dp_epsilon is not None:
@@ -121,7 +121,43 @@ def speed_for_dp(speed):
     return dataclasses.replace(speed, amp="off", channels_last=False, compile=False, notes=tuple(notes))
 
 
-class DPTraining:
+class PrivacyHooks:
+    """What the training loop asks of differential privacy, at each point of a step.
+
+    This base class is non-private training: every hook is a no-op and every phase draws its
+    batch from the shared sampler. :class:`DPTraining` overrides each hook. The loop calls them
+    unconditionally, so it holds no "is DP on?" branch.
+    """
+
+    def begin(self, ph) -> bool:
+        """Before one update of phase ``ph``. ``False``: the update was made here (DP: a
+        noise-only update on an empty Poisson batch) and the loop skips its forward/backward."""
+        return True
+
+    def batch(self, ph, data):
+        """The :class:`~medsynth.models.base.Batch` of one update of ``ph``, drawn from
+        ``data`` (a :class:`medsynth.train.batches.Batches`)."""
+        return data.next()
+
+    def after_update(self, ph) -> None:
+        """After the optimiser step of one update of ``ph``."""
+
+    def end_step(self) -> None:
+        """After the last phase of a step."""
+
+    def stats(self) -> dict[str, float]:
+        """Entries for the stats line."""
+        return {}
+
+    def checkpoint(self, run_dir: str | Path) -> dict:
+        """Entries for the checkpoint (rank 0, at each checkpoint; may write files into ``run_dir``)."""
+        return {}
+
+    def restore(self, ck: dict) -> None:
+        """Continue from the checkpoint ``ck``."""
+
+
+class DPTraining(PrivacyHooks):
     """The private phase's sampler, per-sample gradients, DP optimiser and accountant.
 
     Args:
@@ -196,7 +232,7 @@ class DPTraining:
                  ph.name, self.sigma, self.max_grad_norm, self.q, self.batch_size, self.n, self.delta,
                  self.accountant_name)
 
-    # ---- the loop's hooks ---------------------------------------------------------------
+    # ---- the loop's hooks (PrivacyHooks) -------------------------------------------------
     def is_private(self, ph) -> bool:
         return ph.name == self.phase.name
 
@@ -223,9 +259,10 @@ class DPTraining:
         self.after_update(ph)
         return False
 
-    def indices(self) -> Tensor:
-        """``(B,)`` int64 indices of the current Poisson batch of the private phase."""
-        return self._idx
+    def batch(self, ph, data):
+        """The private phase: the images of the current Poisson draw from ``data``; any other
+        phase: :meth:`public_batch` (it never sees the data)."""
+        return data.take(self._idx) if self.is_private(ph) else self.public_batch()
 
     def public_batch(self):
         """A batch for non-private phases: ``(batch_size, C, *S)`` zeros, uniform labels (or None)."""
@@ -293,14 +330,10 @@ class DPTraining:
         """Write ``run_dir/privacy.json`` atomically."""
         write_text(Path(run_dir) / PRIVACY_FILE, json.dumps(self.summary(), indent=2) + "\n")
 
+    def checkpoint(self, run_dir: str | Path) -> dict:
+        """``{"dp": state}`` for the checkpoint; writes ``privacy.json`` beside it."""
+        self.write(run_dir)
+        return {"dp": self.state_dict()}
 
-def describe(summary: dict | None) -> str:
-    """The one-line differential-privacy statement of a run (``summary`` from a checkpoint's ``dp``)."""
-    if not summary:
-        return "not used (the run was trained without differential privacy; no epsilon to report)"
-    eps = summary.get("epsilon")
-    eps_s = "infinite (no noise)" if eps is None else f"{eps:.3g}"
-    return (f"{summary['mechanism']}: epsilon = {eps_s} at delta = {summary['delta']:.3g} after "
-            f"{summary['private_updates']} updates (noise multiplier {summary['noise_multiplier']:.3g}, "
-            f"clipping norm {summary['max_grad_norm']:.3g}, sample rate {summary['sample_rate']:.3g}, "
-            f"{summary['accountant']} accountant); covers {summary['scope']}")
+    def restore(self, ck: dict) -> None:
+        self.load_state_dict(ck["dp"])

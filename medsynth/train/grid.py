@@ -1,4 +1,4 @@
-"""Image grids for sample previews (PNG, 8-bit grey)."""
+"""Image grids for sample previews (PNG, 8-bit grey), and the loop's grid writer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from medsynth.atomic import atomic_path
+from medsynth.train import distributed as ddp
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -35,3 +36,47 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     with atomic_path(path, ".png") as tmp:
         Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
     return Path(path)
+
+
+class GridWriter:
+    """Writes ``run_dir/samples/step_NNNNNN.png``: the model's samples of fixed latents (rank 0).
+
+    The latents come from a generator seeded with ``seed + 12345`` on the CPU, so every grid of a
+    run shows the same latents. The global CPU RNG is restored afterwards: grids never shift
+    training's noise. On other devices the samples come from a CPU copy of the model.
+
+    Args:
+        model: the variant being trained.
+        model_cfg: its :class:`~medsynth.config.ModelConfig` (to build the CPU copy).
+        run_dir: the run directory.
+        n: images per grid (8 per row).
+        seed: the run's seed.
+        info: this process's place under torchrun.
+        device: the training device.
+    """
+
+    def __init__(self, model, model_cfg, run_dir: Path, n: int, seed: int, info: ddp.DistInfo, device: torch.device):
+        self.model, self.model_cfg, self.run_dir, self.n, self.seed = model, model_cfg, Path(run_dir), int(n), int(seed)
+        self.info, self.device = info, device
+        self._cpu_copy = None
+
+    def write(self, step: int) -> None:
+        """The grid of the model after ``step`` steps."""
+        if not self.info.is_main:
+            return
+        with torch.random.fork_rng(devices=[]):
+            g = torch.Generator().manual_seed(self.seed + 12345)
+            src = self._source()
+            labels = None if src.num_classes <= 0 else torch.arange(self.n) % src.num_classes
+            x = src.sample(self.n, labels=labels, generator=g)
+            save_grid(x, self.run_dir / "samples" / f"step_{step:06d}.png", nrow=8)
+
+    def _source(self):
+        if self.device.type == "cpu":
+            return self.model
+        if self._cpu_copy is None:  # sample() draws latents on the CPU
+            from medsynth.models.registry import build_model
+
+            self._cpu_copy = build_model(self.model_cfg)
+        self._cpu_copy.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        return self._cpu_copy

@@ -23,6 +23,12 @@ All work on 2D ``(N, C, H, W)`` and 3D ``(N, C, D, H, W)`` tensors in [-1, 1].
 
 ``p`` and the running sign statistics are buffers, so checkpoints resume exactly. Randomness
 uses the global torch RNG, which the training loop checkpoints.
+
+Several processes (torchrun): the statistic is global. Each step's ``sign(D(real))`` sum and count
+are kept apart (:meth:`AugmentPipe.step_sums`); the loop sums them over all processes before
+``on_step_end`` (:meth:`medsynth.models.base.GANVariant.cross_rank_sums`), and :meth:`AugmentPipe.update`
+adds the summed values to the running statistic, so every process moves ``p`` by the images of
+the whole global batch, as one process would.
 """
 
 from __future__ import annotations
@@ -107,7 +113,7 @@ def _bshape(x: Tensor) -> tuple[int, ...]:
 def translate(x: Tensor, apply: Tensor, ratio: float = 0.125) -> Tensor:
     """Shift each selected image by a random whole number of pixels (up to ``ratio`` of each
     edge) along every spatial axis, reflection-padded. Differentiable in ``x``."""
-    n, dims = x.shape[0], x.dim() - 2
+    n = x.shape[0]
     size = x.shape[2:]
     # integer shifts in pixels, one per axis; 0 for samples not selected
     shifts = []
@@ -179,7 +185,9 @@ class AugmentPipe(nn.Module):
     """Applies the configured ops to D's inputs and, in ``ada`` mode, adapts ``p``.
 
     Buffers (checkpointed): ``p`` (probability per op per image), ``sign_sum`` / ``sign_count``
-    (accumulated ``sign(D(real))`` since the last update) and ``rt`` (the last ``r_t``).
+    (accumulated ``sign(D(real))`` since the last update, over all processes) and ``rt`` (the last
+    ``r_t``). Not checkpointed: ``step_sign_sum`` / ``step_sign_count``, this step's contribution
+    (zero between steps, when checkpoints are written).
     """
 
     def __init__(self, settings: AugmentSettings):
@@ -192,6 +200,8 @@ class AugmentPipe(nn.Module):
         self.register_buffer("sign_sum", torch.zeros((), dtype=torch.float64))
         self.register_buffer("sign_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("rt", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("step_sign_sum", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("step_sign_count", torch.zeros((), dtype=torch.float64), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Augment ``(N, C, *S)`` images (real or fake); differentiable in ``x``."""
@@ -204,16 +214,28 @@ class AugmentPipe(nn.Module):
 
     @torch.no_grad()
     def observe_real(self, logits: Tensor) -> None:
-        """Accumulate ``sign(D(real))`` (logits ``(N,)``) for the next ``p`` update."""
+        """Accumulate ``sign(D(real))`` (logits ``(N,)``) into this step's sums."""
         if self.mode != "ada":
             return
-        self.sign_sum += logits.detach().sign().sum().double()
-        self.sign_count += logits.numel()
+        self.step_sign_sum += logits.detach().sign().sum().double()
+        self.step_sign_count += logits.numel()
+
+    def step_sums(self) -> list[Tensor]:
+        """This step's ``[sign sum, count]`` (float64 scalars), which the loop sums over all
+        processes in place before :meth:`update`; empty unless ``ada`` (nothing to share)."""
+        return [self.step_sign_sum, self.step_sign_count] if self.mode == "ada" else []
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        """Every ``ada_interval`` steps: move ``p`` toward keeping ``r_t`` at the target."""
-        if self.mode != "ada" or (step + 1) % self.settings.ada_interval or self.sign_count <= 0:
+        """Add this step's sums to the running statistic; every ``ada_interval`` steps move ``p``
+        toward keeping ``r_t`` at the target (by the images counted, over all processes)."""
+        if self.mode != "ada":
+            return
+        self.sign_sum += self.step_sign_sum
+        self.sign_count += self.step_sign_count
+        self.step_sign_sum.zero_()
+        self.step_sign_count.zero_()
+        if (step + 1) % self.settings.ada_interval or self.sign_count <= 0:
             return
         rt = self.sign_sum / self.sign_count
         adjust = torch.sign(rt - self.settings.ada_target) * self.sign_count / (self.settings.ada_kimg * 1000.0)

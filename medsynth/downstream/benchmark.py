@@ -5,7 +5,7 @@ Arms (all trained with the same seed, the same real patient subset and the same 
 =========================== ===============================================================
 ``real``                    the real training subset only (the reference arm)
 ``real+classic``            the real subset with MONAI random flips + small affine
-                            (:func:`pipelines.classifier.monai_augment`) on every batch
+                            (:func:`medsynth.downstream.classifier.monai_augment`) on every batch
 ``real+synthetic``          the real subset plus ``round(synthetic_ratio * n_real_used)``
                             synthetic images (balanced classes, drawn without replacement)
 ``real+classic+synthetic``  both: real + synthetic, classic augmentation on every image
@@ -15,7 +15,7 @@ Arms (all trained with the same seed, the same real patient subset and the same 
 ``real+extra``              the real subset plus every *extra* image whose source patient is
                             in that subset (e.g. CycleGAN lesion insertion: nodule-free
                             training films translated into nodule-bearing ones; see
-                            ``pipelines/lesion_insertion.py``). Only with ``extra=``; extra
+                            ``pipelines/studies/lesion_insertion/``). Only with ``extra=``; extra
                             images must belong to training patients, so they follow their
                             patient's subset and never cross a split.
 =========================== ===============================================================
@@ -50,7 +50,6 @@ Protocol (one call of :func:`run_benchmark`):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -72,7 +71,8 @@ from medsynth.metrics.stats import (
     specificity,
     youden_threshold,
 )
-from pipelines.classifier import monai_augment, predict_proba, train_classifier
+from medsynth.downstream.classifier import monai_augment, predict_proba, train_classifier
+from medsynth.results import BENCHMARK, write_result
 
 log = logging.getLogger(__name__)
 
@@ -576,8 +576,6 @@ def run_benchmark(
 # writing
 
 
-
-
 def results_table(result: BenchmarkResult) -> pd.DataFrame:
     """Tidy table, one figure set per row, ``kind`` telling the row type.
 
@@ -592,8 +590,6 @@ def results_table(result: BenchmarkResult) -> pd.DataFrame:
     if result.diffs:
         dif = pd.DataFrame(result.diffs).rename(columns={"lo": "diff_lo", "hi": "diff_hi",
                                                           "a": "arm_value", "b": "real_value"})
-        if "arm" not in dif.columns and "comparison" in dif.columns:  # older results
-            dif["arm"] = dif["comparison"].str.split(" - ").str[0]
         parts.append(dif.assign(kind="diff", n_test=result.n_test))
     df = pd.concat(parts, ignore_index=True, sort=False)
     df["seed"] = df["seed"].astype("Int64")  # integer, empty on aggregate rows
@@ -641,21 +637,12 @@ def _plot(result: BenchmarkResult, path: Path) -> None:
         plt.close(fig)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
-
-
 def write_benchmark(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json`` and ``plot.png`` into ``out_dir`` (atomically).
+
+    ``results.json`` is the result file of :mod:`medsynth.results` (kind ``benchmark``, read back
+    with :func:`medsynth.results.read_benchmark`); ``results.csv`` is the same figures as a tidy
+    table (:func:`results_table`) for people and spreadsheets.
 
     Returns:
         ``{"csv": path, "json": path, "plot": path}``.
@@ -664,6 +651,6 @@ def write_benchmark(result: BenchmarkResult, out_dir: str | Path) -> dict[str, P
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json", "plot": out / "plot.png"}
     write_text(paths["csv"], results_table(result).to_csv(index=False))
-    write_text(paths["json"], json.dumps(_jsonable(result.to_dict()), indent=1) + "\n")
+    write_result(paths["json"], BENCHMARK, result.to_dict())
     _plot(result, paths["plot"])
     return paths

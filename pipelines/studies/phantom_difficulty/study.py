@@ -1,6 +1,6 @@
 """Calibrate the phantom task: how hard is nodule detection on 64² phantom radiographs?
 
-The default classifier of :mod:`pipelines.classifier` (``arch="cnn"``: a position-invariant CNN,
+The default classifier of :mod:`medsynth.downstream.classifier` (``arch="cnn"``: a position-invariant CNN,
 MONAI conv stages + global max/mean pooling; not the MONAI ``Classifier``) is trained on 200
 phantom radiographs and scored (AUROC) on held-out phantoms, for 3 seeds. The phantom is tuned
 so that this lands in 0.70..0.90: hard enough that synthetic augmentation has room to help,
@@ -14,7 +14,7 @@ Two measurements:
   split (best epoch picked on its val split), scored on its test split, read from the
   committed DICOM DX files.
 
-Run: ``python -m pipelines.phantom_difficulty [--epochs 30] [--n-test 400] [--cache DIR]``;
+Run: ``python -m pipelines.studies.phantom_difficulty [--epochs 30] [--n-test 400] [--cache DIR]``;
 writes ``reports/phantom_difficulty.json``.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def normalise_xray(pixels: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
@@ -105,7 +105,7 @@ def _read_sample_data(manifest: Path, size: int):
 def _fit_score(xtr, ytr, xte, yte, *, seed: int, epochs: int, width: int, xva=None, yva=None):
     from sklearn.metrics import roc_auc_score
 
-    from pipelines.classifier import predict_proba, train_classifier
+    from medsynth.downstream.classifier import predict_proba, train_classifier
 
     model = train_classifier(xtr, ytr, spatial_dims=2, epochs=epochs, batch_size=32, lr=1e-3, seed=seed,
                              width=width, x_val=xva, y_val=yva)
@@ -148,7 +148,7 @@ def run(*, n_train: int = 200, n_test: int = 400, n_val: int = 100, seeds=(0, 1,
         "task": f"nodule present vs absent on {size}x{size} phantom lung-spot radiographs (DRR, AP; "
                 f"field {XRAY_ROI['field_mm']:g} mm centred within +-{XRAY_ROI['jitter']:g} field of a nodule "
                 "site drawn the same way for positives and negatives)",
-        "classifier": f"pipelines.classifier.train_classifier (default arch 'cnn': MONAI conv stages, global "
+        "classifier": f"medsynth.downstream.classifier.train_classifier (default arch 'cnn': MONAI conv stages, global "
                       f"max+mean pooling; width {width}), best epoch on the validation set",
         "history": "whole-chest view (XRAY_GRID, 6 mm pixels at 64²): test AUROC 0.513 +- 0.035 with MONAI "
                    "Classifier, 0.49-0.55 with global-max-pool CNNs, 0.53 with 800 training images, 0.49 at "
@@ -196,7 +196,7 @@ def run(*, n_train: int = 200, n_test: int = 400, n_val: int = 100, seeds=(0, 1,
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--n-val", type=int, default=100)
@@ -211,7 +211,3 @@ def main(argv=None) -> None:
     rep = run(n_train=a.n_train, n_test=a.n_test, n_val=a.n_val, seeds=a.seeds, epochs=a.epochs, size=a.size, out=a.out,
               cache=a.cache, sample_manifest=None if a.no_sample_data else ROOT / "sample_data" / "manifest.csv")
     print(json.dumps(rep, indent=2))
-
-
-if __name__ == "__main__":
-    main()

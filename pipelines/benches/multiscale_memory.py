@@ -24,8 +24,8 @@ the benchmark continues.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python pipelines/bench_multiscale_memory.py                  # -> reports/multiscale_memory_cpu.json
-    python pipelines/bench_multiscale_memory.py --device cuda --out reports/gpu    # 128²..1024², 64³..256³
+    OMP_NUM_THREADS=1 python -m pipelines.benches.multiscale_memory       # -> reports/multiscale_memory_cpu.json
+    python -m pipelines.benches.multiscale_memory --device cuda --out reports/gpu   # 128²..1024², 64³..256³
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Model settings per (device, dims): the CPU ones are small; the CUDA ones are the GPU presets'.
 CONFIGS = {
@@ -103,11 +103,11 @@ def train_worker(spec: dict) -> dict:
     import torch
 
     from medsynth.config import resolve
-    from medsynth.models.base import Batch
+    from medsynth.models.base import Batch, StepInfo
     from medsynth.models.registry import build_model
 
     dev = spec["device"]
-    cfg = resolve(preset=ROOT / "pipelines" / spec["preset"])
+    cfg = resolve(preset=spec["preset"])
     torch.manual_seed(0)
     model = build_model(cfg.model).to(dev).train()
     phases = model.phases()
@@ -119,12 +119,12 @@ def train_worker(spec: dict) -> dict:
     def step(k: int) -> dict:
         stats = {}
         for ph in phases:
-            loss, st = model.loss(ph.name, Batch(x, y), k)
+            loss, st = model.loss(ph.name, Batch(x, y), StepInfo(k, 8))
             opts[ph.name].zero_grad(set_to_none=True)
             loss.backward()
             opts[ph.name].step()
             stats.update(st)
-        model.on_step_end(k)
+        model.on_step_end(StepInfo(k, 8))
         return stats
 
     step(0)

@@ -1,12 +1,12 @@
 """One prepared GPU throughput run: StyleGAN2 and ProGAN at 256², DCGAN at 64², ProGAN 3D at 64³.
 
-Measures, with the real training loop (:func:`pipelines.bench_throughput.measure`), training
+Measures, with the real training loop (:func:`pipelines.benches.throughput.measure`), training
 images/s, generation images/s and peak CUDA memory (``torch.cuda.max_memory_allocated``, reset
 before training and before generation) for fp32 (every speed option off), bf16 autocast, and
 bf16 + channels-last, then the loop's ``auto`` defaults for the device at 256²; then, if enough of
 the budget is left, StyleGAN2 with ``torch.compile`` on top of bf16 + channels-last, in a
-subprocess killed at its own timeout. GPU presets ``pipelines/*_gpu.yaml`` give the architectures
-and batch sizes.
+subprocess killed at its own timeout. GPU presets (``medsynth/presets/*_gpu.yaml``) give the
+architectures and batch sizes.
 
 Built for a hard wall-clock budget (``--budget``, default 300 s, imports and compile warm-ups
 included; a watchdog exits 20 s after it): measurements run in priority order and are skipped once the budget is spent; each
@@ -19,8 +19,8 @@ before GPU time is spent.
 
 Usage (from the repository root)::
 
-    python pipelines/gpu_bench.py --out "$OUT"
-    python pipelines/gpu_bench.py --smoke --out /tmp/gpu_bench_smoke
+    python -m pipelines.benches.gpu --out "$OUT"
+    python -m pipelines.benches.gpu --smoke --out /tmp/gpu_bench_smoke
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runs from a plain checkout: no install needed
     sys.path.insert(0, str(ROOT))
 
@@ -42,26 +42,26 @@ T_START = time.perf_counter()
 
 import torch  # noqa: E402
 
-from pipelines.bench_throughput import CONFIGS, _subprocess_measure, device_name, measure, versions  # noqa: E402
+from pipelines.benches.throughput import CONFIGS, _subprocess_measure, device_name, measure, versions  # noqa: E402
 
 
 def plan(smoke: bool) -> list[dict]:
     """Measurements in priority order: (label, kwargs for ``measure``)."""
     if smoke:
         tiny = ["model.width=4", "model.latent_dim=32"]
-        sg = dict(name="stylegan2", preset=str(ROOT / "pipelines/xray_stylegan2_gpu.yaml"), size=16, batch_size=4,
+        sg = dict(name="stylegan2", preset="xray_stylegan2_gpu", size=16, batch_size=4,
                   overrides=tiny + ["model.params.mapping_layers=2", "model.params.channel_cap=32"])
-        pg = dict(name="progan", preset=str(ROOT / "pipelines/xray_progan_gpu.yaml"), size=16, batch_size=4,
+        pg = dict(name="progan", preset="xray_progan_gpu", size=16, batch_size=4,
                   overrides=tiny)
         dc = dict(name="dcgan", size=16, batch_size=4, overrides=tiny)
-        p3 = dict(name="progan", preset=str(ROOT / "pipelines/ct3d_progan_gpu.yaml"), size=8, spatial_dims=3,
+        p3 = dict(name="progan", preset="ct3d_progan_gpu", size=8, spatial_dims=3,
                   modality="ct", batch_size=2, overrides=tiny)
         steps = dict(steps=2, warmup=1, gen_images=4, n_data=16)
     else:
-        sg = dict(name="stylegan2", preset=str(ROOT / "pipelines/xray_stylegan2_gpu.yaml"), size=256, batch_size=None)
-        pg = dict(name="progan", preset=str(ROOT / "pipelines/xray_progan_gpu.yaml"), size=256, batch_size=None)
+        sg = dict(name="stylegan2", preset="xray_stylegan2_gpu", size=256, batch_size=None)
+        pg = dict(name="progan", preset="xray_progan_gpu", size=256, batch_size=None)
         dc = dict(name="dcgan", size=64, batch_size=64)
-        p3 = dict(name="progan", preset=str(ROOT / "pipelines/ct3d_progan_gpu.yaml"), size=64, spatial_dims=3,
+        p3 = dict(name="progan", preset="ct3d_progan_gpu", size=64, spatial_dims=3,
                   modality="ct", batch_size=None)
         # >= 16 timed steps so StyleGAN2's lazy R1 (every 16) and path-length (every 4) terms are included
         steps = dict(steps=16, warmup=4, gen_images=256, n_data=512)

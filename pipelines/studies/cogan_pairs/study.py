@@ -15,8 +15,8 @@ augment segmentation training sets.
    -1/+1. The pipeline checks this round trip after writing.
 2. **Training**: ``medsynth train --modality ct --model cogan --data <npz>`` with a process-CPU
    budget (``--minutes``, ``train.clock=process``, ``train.threads=1``), preset
-   ``pipelines/ct_cogan.yaml``, with **per-pixel generator heads** on one shared 1-channel map
-   (``--head pointwise``, the default: ``model.params.head=pointwise``, ``head_channels=1``) or the
+   ``medsynth/presets/ct_cogan.yaml``, with **per-pixel generator heads** on one shared 1-channel
+   map (``--head pointwise``, the default: ``model.params.head=pointwise``, ``head_channels=1``) or the
    paper's private up-sampling layers (``--head conv``).
 3. **Pairs**: ``sample_pairs`` -> ``pairs.png`` (image | mask | overlay) and, for reference,
    ``real_pairs.png`` (real training slices with their own masks).
@@ -38,8 +38,8 @@ lung-window image determines, compared with the generated one; 0 for a real slic
 also records :func:`head_channel_use` (whether the two private generator heads read the same
 shared channels) and :func:`marginal_fd` of each domain (realism is not traded for alignment).
 
-Run: ``python -m pipelines.cogan_pairs [--lidc DIR] [--pair mask|segmented|window] [--minutes 6]
-[--seed 0] [--set KEY=VALUE]... [--run RUN_DIR] [--out DIR]``; writes ``DIR/{pairs.png,
+Run: ``python -m pipelines.studies.cogan_pairs [--lidc DIR] [--pair mask|segmented|window]
+[--minutes 6] [--seed 0] [--set KEY=VALUE]... [--run RUN_DIR] [--out DIR]``; writes ``DIR/{pairs.png,
 real_pairs.png, results.json}`` (default ``reports/cogan_pairs``). ``--run`` skips training and
 evaluates an existing run. The committed runs and their reading are in
 ``reports/cogan_pairs/README.md``. In short: with the paper's heads (``--head conv``) no run
@@ -64,7 +64,7 @@ from medsynth.errors import MedsynthError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # ----------------------------------------------------------------------------- data
@@ -508,9 +508,10 @@ def pairs_png(images: torch.Tensor, masks: torch.Tensor, path: str | Path, *, co
 
 # ----------------------------------------------------------------------------- main
 def _train(npz: Path, parent: Path, args) -> tuple[Path, list[str]]:
-    """Train CoGAN on ``npz`` under ``parent`` to the CPU budget (:func:`pipelines.runs.train_to_budget`:
-    a finished run is reused, an interrupted one resumed). Returns the run and the new-run argv."""
-    from pipelines.runs import train_command, train_to_budget
+    """Train CoGAN on ``npz`` under ``parent`` to the CPU budget
+    (:func:`pipelines.studies.budget.train_to_budget`: a finished run is reused, an interrupted one
+    resumed). Returns the run and the new-run argv."""
+    from pipelines.studies.budget import train_command, train_to_budget
 
     new_args = ["--modality", "ct", "--model", "cogan", "--data", str(npz), "--size", str(args.size),
                 "--seed", str(args.seed)]
@@ -525,7 +526,7 @@ def _rel(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", default=str(ROOT / "sample_data" / "manifest.csv"))
     ap.add_argument("--lidc", default=None, help="the lidc_nodules folder: real LIDC slices and nodule masks "
                     "(random --size crops) instead of the manifest's phantom slices")
@@ -558,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from medsynth.atomic import write_text
     from medsynth.data.windows import unit_to_hu
-    from medsynth.train.loop import load_trained
+    from medsynth.runs import load_trained
 
     out, work = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -689,8 +690,3 @@ def _window_report(args, out: Path, real: dict, x_lung: torch.Tensor, x_med: tor
     write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", out / "results.json")
     return result
-
-
-if __name__ == "__main__":
-    r = main()
-    print(json.dumps({k: r[k] for k in ("contrast", "mask_area", "window_error", "marginal_fd") if k in r}, indent=1))

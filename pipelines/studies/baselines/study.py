@@ -18,10 +18,10 @@ two classes). ``epochs`` is a parameter: the milestones scale with it (50 % and 
 The test AUROC carries a percentile bootstrap 95 % CI (:func:`medsynth.metrics.stats.bootstrap_ci`;
 cases resampled for PneumoniaMNIST, which has no patient ids, and whole patients for LIDC).
 
-Run it (it logs progress; the CLI-free entry point follows ``pipelines/phantom_difficulty.py``)::
+Run it (it logs progress; the CLI-free entry point follows ``pipelines/studies/phantom_difficulty/study.py``)::
 
-    OMP_NUM_THREADS=1 python -m pipelines.baselines --epochs 4 --lidc-epochs 20
-    python -m pipelines.baselines --device cuda          # the full 100-epoch protocol on a GPU
+    OMP_NUM_THREADS=1 python -m pipelines.studies.baselines --epochs 4 --lidc-epochs 20
+    python -m pipelines.studies.baselines --device cuda          # the full 100-epoch protocol on a GPU
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 from medsynth.atomic import write_text
 from medsynth.errors import MedsynthError
 from medsynth.metrics.stats import bootstrap_ci
-from pipelines.classifier import predict_proba, train_classifier
+from medsynth.downstream.classifier import predict_proba, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ PUBLISHED: dict[str, dict] = {
     },
 }
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 def load_pneumoniamnist(root: str | Path) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
@@ -288,7 +288,7 @@ def _md(results: list[dict], meta: dict) -> str:
     lines = [
         "# Published-baseline check (real data only)",
         "",
-        "The downstream classifier pipeline (`pipelines/classifier.py`) trained on real data only, "
+        "The downstream classifier pipeline (`medsynth/downstream/classifier.py`) trained on real data only, "
         "scored on the held-out test set, against the MedMNIST v2 published test AUROC.",
         "",
         "| dataset | arch | input | epochs (lr drops) | best epoch | test AUROC [95% CI] | published | delta | within band | device | wall |",
@@ -363,7 +363,7 @@ def write_baselines_report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     ap.add_argument("--which", default="pneumoniamnist,lidc3d")
     ap.add_argument("--epochs", type=int, default=100, help="PneumoniaMNIST epochs (MedMNIST: 100)")
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("reports"))
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("pipelines.classifier").setLevel(logging.DEBUG)
+    logging.getLogger("medsynth.downstream.classifier").setLevel(logging.DEBUG)
     which = a.which.split(",")
     if str(a.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = True
@@ -393,7 +393,3 @@ def main(argv: list[str] | None = None) -> None:
                                   seed=a.seed, device=a.device, small_stem=a.lidc_small_stem))
     jp, mp = write_baselines_report(results, a.out)
     log.info("wrote %s and %s", jp, mp)
-
-
-if __name__ == "__main__":
-    main()

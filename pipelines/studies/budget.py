@@ -1,6 +1,6 @@
-"""Run directories and CPU-budgeted ``medsynth train`` subprocesses, shared by the pipelines.
+"""Run directories and CPU-budgeted ``medsynth train`` subprocesses, shared by the studies.
 
-A pipeline keeps one run per folder; :func:`train_to_budget` skips a run whose last checkpoint has
+A study keeps one run per folder; :func:`train_to_budget` skips a run whose last checkpoint has
 spent the budget, resumes an interrupted one and starts a new one otherwise, always on the process
 clock with one thread (``train.clock=process``, ``train.threads=1``), logging to ``train.log``.
 """
@@ -13,27 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from medsynth.runs import checkpoint_progress, find_run
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUDGET_SETS = ("train.clock=process", "train.threads=1")
-
-
-def find_run(parent: Path) -> Path | None:
-    """The newest run directory (with a ``config.yaml``) under ``parent``, or None."""
-    runs = sorted(p for p in parent.glob("*") if (p / "config.yaml").is_file()) if parent.is_dir() else []
-    return runs[-1] if runs else None
-
-
-def checkpoint_info(run: Path) -> dict | None:
-    """``{"step", "seconds", "cpu_seconds"}`` of a run's last checkpoint, or None."""
-    ck = run / "checkpoints" / "last.pt"
-    if not ck.is_file():
-        return None
-    d = torch.load(ck, map_location="cpu", weights_only=True)
-    return {"step": int(d["step"]), "seconds": float(d["seconds"]), "cpu_seconds": float(d.get("cpu_seconds", 0.0))}
 
 
 def train_command(parent: Path, resume: Path | None, new_args: list[str], *, minutes: float, max_steps: int,
@@ -59,7 +44,7 @@ def train_to_budget(parent: Path, new_args: list[str], *, minutes: float, max_st
         RuntimeError: training exited non-zero (see ``parent/train.log``) or left no run directory.
     """
     run = find_run(parent)
-    info = checkpoint_info(run) if run is not None else None
+    info = checkpoint_progress(run) if run is not None else None
     if info is not None and info["cpu_seconds"] >= 60.0 * minutes - 1.0:
         log.info("%s: finished (%d steps), skipped", name, info["step"])
         return run

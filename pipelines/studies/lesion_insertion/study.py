@@ -4,7 +4,7 @@ whether the translated positives help.
 
 Steps (each resumable where cheap):
 
-1. **Train** a CycleGAN (``pipelines/xray_cyclegan.yaml``: domain A = label 0, nodule-free;
+1. **Train** a CycleGAN (``medsynth/presets/xray_cyclegan.yaml``: domain A = label 0, nodule-free;
    B = label 1, nodule-bearing) on the *training split only* for a CPU-time budget
    (``medsynth train --model cyclegan --minutes M --set train.clock=process --set
    train.threads=1``), or reuse ``--run``. A finished run under ``--runs`` is reused; an
@@ -13,7 +13,7 @@ Steps (each resumable where cheap):
 2. **Translate** every nodule-free *training* image ``a2b`` (:func:`translate_negatives`; never a
    validation or test image). In memory each translated positive keeps its **source patient's
    id** and the ``train`` split, so the benchmark uses it only when that patient is in the real
-   training subset and patient-level splits stay honest (``pipelines.benchmark``,
+   training subset and patient-level splits stay honest (``medsynth.downstream.benchmark``,
    ``real+extra`` arm). On disk (``--write``) the set is written by
    :func:`medsynth.data.writers.write_synthetic_set`, as any synthetic set: DICOM DX marked
    ``DERIVED\\SECONDARY``, ``PatientID SYNTHETIC-<n>``, manifest ``source=synthetic``,
@@ -26,7 +26,7 @@ Steps (each resumable where cheap):
    cycle reconstruction error ``|G_ba(G_ab(a)) - a|`` on the sources and the mean absolute change
    ``|G_ab(a) - a|``. Figure: ``pairs.png`` (16 sources in a seeded random order, not picked:
    source | translated | difference) and ``mean_change.png``.
-4. **Benchmark** (:func:`pipelines.benchmark.run_benchmark`): arms ``real``, ``real+extra``
+4. **Benchmark** (:func:`medsynth.downstream.benchmark.run_benchmark`): arms ``real``, ``real+extra``
    (= real + the translated positives of the kept patients) and, for context, ``real+classic``
    (MONAI flips + affine) at the given fractions of training patients, 5 seeds, seed-ensemble
    AUROC with patient-bootstrap 95 % CIs and the paired patient bootstrap of each difference from
@@ -39,8 +39,8 @@ Steps (each resumable where cheap):
 
 Usage::
 
-    OMP_NUM_THREADS=1 python -m pipelines.lesion_insertion --minutes 8 --out reports/lesion_insertion
-    OMP_NUM_THREADS=1 python -m pipelines.lesion_insertion --run runs/lesion_insertion/00000-xray-cyclegan
+    OMP_NUM_THREADS=1 python -m pipelines.studies.lesion_insertion --minutes 8 --out reports/lesion_insertion
+    OMP_NUM_THREADS=1 python -m pipelines.studies.lesion_insertion --run runs/lesion_insertion/00000-xray-cyclegan
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ import torch
 
 from medsynth.atomic import atomic_path, write_text
 from medsynth.errors import MedsynthError
-from pipelines.runs import checkpoint_info, train_to_budget
+from medsynth.runs import checkpoint_progress
+from pipelines.studies.budget import train_to_budget
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 N_PAIRS = 16
 #: README names of the benchmark arms (``real+extra`` holds the translated positives here)
 ARM_NAMES = {"real+extra": "real+translated"}
@@ -103,7 +104,7 @@ def translate_negatives(model, real, *, batch_size: int = 64):
     Raises:
         MedsynthError: no nodule-free training image.
     """
-    from medsynth.data.dataset import ImageSet
+    from medsynth.data.imageset import ImageSet
 
     idx = training_negatives(real)
     if len(idx) == 0:
@@ -170,7 +171,7 @@ def lesion_check(real, translated, source_index, *, folds: int = 2, epochs: int 
         ``scores_before`` / ``scores_after`` (per source, in ``source_index`` order).
     """
     from medsynth.metrics.stats import auroc, youden_threshold
-    from pipelines.classifier import predict_proba, train_classifier
+    from medsynth.downstream.classifier import predict_proba, train_classifier
 
     kw = dict(classifier_kwargs or {})
     x = torch.as_tensor(real.images, dtype=torch.float32)
@@ -324,7 +325,7 @@ def oversampled_positives(real):
     Returns:
         ``ImageSet`` (copies; each with its own patient id, label 1, split ``train``).
     """
-    from medsynth.data.dataset import ImageSet
+    from medsynth.data.imageset import ImageSet
 
     labels = np.asarray(real.labels).reshape(-1)
     idx = np.flatnonzero((np.asarray(real.splits) == "train") & (labels == 1))
@@ -341,9 +342,9 @@ def run_arms(real, extra, *, classic: bool = False, fractions=(0.25, 1.0), seeds
     positives, or the oversampling control) and optionally ``real+classic``.
 
     Returns:
-        :class:`pipelines.benchmark.BenchmarkResult`.
+        :class:`medsynth.downstream.benchmark.BenchmarkResult`.
     """
-    from pipelines.benchmark import ARM_CLASSIC, ARM_EXTRA, ARM_REAL, run_benchmark
+    from medsynth.downstream.benchmark import ARM_CLASSIC, ARM_EXTRA, ARM_REAL, run_benchmark
 
     arms = (ARM_REAL, ARM_CLASSIC, ARM_EXTRA) if classic else (ARM_REAL, ARM_EXTRA)
     return run_benchmark(real, None, extra=extra, arms=arms, fractions=fractions, seeds=seeds, epochs=epochs,
@@ -359,7 +360,8 @@ def _bench_settings(fractions, seeds, epochs, min_steps, n_boot, n_extra, arms) 
 def _benchmark(out: Path, real, extra, *, classic: bool, force: bool, fractions, seeds, epochs, min_steps,
                n_boot, classifier_kwargs) -> dict:
     """Run (or reuse, when ``out/results.json`` has the same settings) one benchmark; its JSON."""
-    from pipelines.benchmark import ARM_CLASSIC, ARM_EXTRA, ARM_REAL, write_benchmark
+    from medsynth.downstream.benchmark import ARM_CLASSIC, ARM_EXTRA, ARM_REAL, write_benchmark
+    from medsynth.results import read_benchmark
 
     arms = [ARM_REAL, ARM_CLASSIC, ARM_EXTRA] if classic else [ARM_REAL, ARM_EXTRA]
     settings = _bench_settings(fractions, seeds, epochs, min_steps, n_boot, len(extra.labels), arms)
@@ -370,7 +372,7 @@ def _benchmark(out: Path, real, extra, *, classic: bool, force: bool, fractions,
     res = run_arms(real, extra, classic=classic, fractions=fractions, seeds=seeds, epochs=epochs,
                    min_steps=min_steps, n_boot=n_boot, classifier_kwargs=classifier_kwargs)
     write_benchmark(res, out)
-    return json.loads((out / "results.json").read_text())
+    return read_benchmark(out)
 
 
 def compare_ensembles(bench_a: dict, bench_b: dict, arm: str, *, n_boot: int = 1000) -> list[dict]:
@@ -380,7 +382,7 @@ def compare_ensembles(bench_a: dict, bench_b: dict, arm: str, *, n_boot: int = 1
         One dict per fraction and paired metric: ``fraction, metric, diff, lo, hi, p, a, b``.
     """
     from medsynth.metrics.stats import paired_bootstrap_diff
-    from pipelines.benchmark import _PAIRED_METRICS, _metric_fn
+    from medsynth.downstream.benchmark import _PAIRED_METRICS, _metric_fn
 
     pa, pb = bench_a["test_predictions"], bench_b["test_predictions"]
     if pa["y"] != pb["y"] or pa["patient_ids"] != pb["patient_ids"]:
@@ -397,9 +399,11 @@ def compare_ensembles(bench_a: dict, bench_b: dict, arm: str, *, n_boot: int = 1
 
 
 def _cached_benchmark(path: Path, settings: dict) -> dict | None:
+    from medsynth.results import BENCHMARK, read_result
+
     if not path.is_file():
         return None
-    res = json.loads(path.read_text())
+    res = read_result(path, BENCHMARK)
     cfg = res.get("config", {})
     if all(cfg.get(k) == v for k, v in settings.items()):
         return res
@@ -443,7 +447,7 @@ def run_pipeline(real, model, out_dir: str | Path, *, fractions=(0.25, 1.0), see
     Returns:
         The results dict (also written to ``OUT/results.json``).
     """
-    from pipelines.benchmark import ARM_EXTRA
+    from medsynth.downstream.benchmark import ARM_EXTRA
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -575,7 +579,7 @@ def _ci(t, nd=3, pct=False) -> str:
 
 def markdown(res: dict) -> str:
     """The README of a lesion-insertion result (tables and the reading)."""
-    from pipelines.benchmark import ARM_EXTRA
+    from medsynth.downstream.benchmark import ARM_EXTRA
 
     run, chk, b = res["run"], res["check"], res["benchmark"]
     lines = [
@@ -588,10 +592,10 @@ def markdown(res: dict) -> str:
         "(`SYNTHETIC-<n>`, `DERIVED\\SECONDARY`).",
         "",
         "```bash",
-        res.get("command") or "python -m pipelines.lesion_insertion",
+        res.get("command") or "python -m pipelines.studies.lesion_insertion",
         "```",
         "",
-        "The CycleGAN (preset `pipelines/xray_cyclegan.yaml`, unchanged) was trained with",
+        "The CycleGAN (preset `medsynth/presets/xray_cyclegan.yaml`, unchanged) was trained with",
         "",
         "```bash",
         f"medsynth train --modality xray --model cyclegan --minutes {run.get('minutes', '?')} "
@@ -694,7 +698,7 @@ def train_cyclegan(runs: Path, *, minutes: float, data: str, max_steps: int, see
 
 def describe_run(run: Path, cfg) -> dict:
     """Name, steps, CPU minutes and the first/last training cycle loss of a run."""
-    info = checkpoint_info(run) or {}
+    info = checkpoint_progress(run) or {}
     ticks = [json.loads(s) for s in (run / "stats.jsonl").read_text().splitlines() if s.strip()] \
         if (run / "stats.jsonl").is_file() else []
     cyc = [t["cycle"] for t in ticks if "cycle" in t]
@@ -706,7 +710,7 @@ def describe_run(run: Path, cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="default", help="manifest with patient-level splits (default: sample data)")
     ap.add_argument("--run", default=None, help="reuse this CycleGAN run directory (skips training)")
     ap.add_argument("--minutes", type=float, default=8.0, help="CycleGAN CPU-minutes (process clock, 1 thread)")
@@ -735,7 +739,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     from medsynth.config import load_config
     from medsynth.data.dataset import load_image_set
-    from medsynth.train.loop import load_trained
+    from medsynth.runs import load_trained
 
     data = args.data
     if data in ("", "default"):
@@ -754,7 +758,7 @@ def main(argv: list[str] | None = None) -> dict:
     _, model, _ = load_trained(run)
     real = load_image_set(data, modality=cfg.data.modality, size=cfg.data.size, spatial_dims=cfg.data.spatial_dims,
                           ct_window=cfg.data.ct_window, split=None)
-    cmd = "OMP_NUM_THREADS=1 python -m pipelines.lesion_insertion " + " ".join(
+    cmd = "OMP_NUM_THREADS=1 python -m pipelines.studies.lesion_insertion " + " ".join(
         argv if argv is not None else sys.argv[1:])
     if args.fidelity_encoder:
         from medsynth.metrics.fidelity import encoder_fingerprint, load_encoder
@@ -789,7 +793,3 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("%s - real at %.2f: AUROC %+.3f [%+.3f, %+.3f] p=%.3f", d["arm"], d["fraction"], d["diff"],
                      d["lo"], d["hi"], d["p"])
     return res
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Equal-budget comparison of GAN variants: train each for the same CPU time, then score them alike.
 
-Every arm is ``medsynth train`` with its preset (``pipelines/<modality>_<model>.yaml``) and the
-same time cap, counted on the **process clock** (``train.clock=process``, ``train.threads=1``):
+Every arm is ``medsynth train`` with its preset (``medsynth/presets/<modality>_<model>.yaml``) and
+the same time cap, counted on the **process clock** (``train.clock=process``, ``train.threads=1``):
 each run gets the same number of CPU-seconds of one core whatever else the machine is doing, which
 on an idle core equals wall-clock time. ``--jobs`` runs train side by side (one per core).
 
@@ -20,10 +20,10 @@ The pipeline is resumable: a finished arm is skipped, an interrupted one continu
 
 Usage::
 
-    python -m pipelines.equal_time --minutes 10 --out reports/equal_time/phantom \\
+    python -m pipelines.studies.equal_time --minutes 10 --out reports/equal_time/phantom \\
         --arms dcgan dcgan:diffaug wgan_gp wgan_gp:diffaug progan:none progan:diffaug \\
                stylegan2:none stylegan2:ada
-    python -m pipelines.equal_time --modality ct --data ../shared/data/lidc_nodules --minutes 10 \\
+    python -m pipelines.studies.equal_time --modality ct --data ../shared/data/lidc_nodules --minutes 10 \\
         --out reports/equal_time/lidc --arms dcgan stylegan2:ada ...
 
 Writes ``OUT/results.json`` (every figure, per arm) and ``OUT/README.md`` (the table, each FD
@@ -45,12 +45,14 @@ from pathlib import Path
 
 import torch
 
-from pipelines.runs import checkpoint_info, train_to_budget
-from pipelines.runs import train_command as train_command_for
+from medsynth.errors import MedsynthError
+from medsynth.runs import checkpoint_progress
+from pipelines.studies.budget import train_to_budget
+from pipelines.studies.budget import train_command as train_command_for
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 AUGMENTS = ("none", "diffaug", "ada")
 
 
@@ -101,7 +103,7 @@ def summarise(arm: str, run: Path, ev: dict) -> dict:
     from medsynth.config import load_config
 
     cfg = load_config(run / "config.yaml")
-    info = checkpoint_info(run)
+    info = checkpoint_progress(run)
     tail = _stats_tail(run)
     fid, priv = ev["fidelity"], ev["privacy"]
     pr = fid["prdc"]
@@ -136,15 +138,20 @@ def _evaluated_with(path: Path, enc: Path, args, step: int) -> bool:
     if not path.is_file():
         return False
     from medsynth.metrics.fidelity import encoder_fingerprint, load_encoder
+    from medsynth.results import EVALUATION, read_result
 
-    ev = json.loads(path.read_text())
+    try:
+        ev = read_result(path, EVALUATION)
+    except MedsynthError as exc:  # written by an older medsynth or damaged: score again
+        log.info("not reusing %s", exc)
+        return False
     return (ev.get("step") == step and ev.get("n_synthetic_sampled") == args.count and ev.get("seed") == args.seed
             and ev["fidelity"]["encoder"]["fingerprint"] == encoder_fingerprint(load_encoder(enc)))
 
 
 def write_grid(run: Path, path: Path, seed: int) -> None:
     from medsynth.train.grid import save_grid
-    from medsynth.train.loop import load_trained
+    from medsynth.runs import load_trained
 
     _, model, _ = load_trained(run)
     labels = (torch.arange(32) % model.num_classes) if model.num_classes > 0 else None
@@ -201,7 +208,7 @@ def markdown(res: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The pipeline's command line (``--set`` is repeatable: ``--set a=1 --set b=2`` keeps both)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.split("\n")[0])
     ap.add_argument("--arms", nargs="+", required=True, help="model or model:augment (none|diffaug|ada)")
     ap.add_argument("--minutes", type=float, default=10.0, help="CPU-minutes of one core per arm")
     ap.add_argument("--modality", default="xray")
@@ -234,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"runs": {a: str(r) for a, r in run_dirs.items()}}
 
     from medsynth.metrics.evaluate import evaluate_run
+    from medsynth.results import EVALUATION, read_result
 
     torch.set_num_threads(max(1, args.jobs))
     enc = out / "encoder.pt"
@@ -241,14 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
     for arm in args.arms:
         run = run_dirs[arm]
         done = run / "evaluate" / "evaluation.json"
-        if enc.is_file() and _evaluated_with(done, enc, args, checkpoint_info(run)["step"]):
+        if enc.is_file() and _evaluated_with(done, enc, args, checkpoint_progress(run)["step"]):
             path = done  # already scored with this encoder at this step (resumed pipeline)
         elif enc.is_file():
             path = evaluate_run(run, count=args.count, seed=args.seed, encoder=enc)
         else:
             path = evaluate_run(run, count=args.count, seed=args.seed)
             shutil.copyfile(run / "evaluate" / "encoder.pt", enc)
-        ev = json.loads(Path(path).read_text())
+        ev = read_result(path, EVALUATION)
         write_grid(run, out / f"grid_{arm.replace(':', '_')}.png", args.seed)
         rows.append(summarise(arm, run, ev))
         log.info("%s: FD %.1f ± %.1f (%d steps)", arm, rows[-1]["fd"]["mean"], rows[-1]["fd"]["sd"], rows[-1]["steps"])
@@ -262,14 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
         "format": "medsynth-equal-time/1", "data": args.data, "modality": args.modality, "size": cfg0.data.size,
         "minutes": args.minutes, "clock": "process", "threads_per_run": 1, "jobs": args.jobs, "count": args.count,
         "seed": args.seed, "reference": args.reference or args.arms[0], "encoder_fingerprint": fps.pop(),
-        "command": "python -m pipelines.equal_time " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m pipelines.studies.equal_time " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "date": _dt.date.today().isoformat(), "arms": rows,
     }
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "README.md").write_text(markdown(res))
     return res
-
-
-if __name__ == "__main__":
-    main()

@@ -6,8 +6,8 @@ random images in [-1, 1]: ``--warmup`` steps, then ``--steps`` timed steps (roun
 multiple of ``--warmup``; timed between the loop's stats ticks, one every ``--warmup`` steps), in
 wall time and in the process's CPU time (``train_img_per_cpu_s``: on a shared machine with
 ``--threads 1`` the CPU-time figure is the one that other jobs hardly disturb). Then ``generate`` is timed on the training device under the same
-autocast. Each variant is built from its X-ray preset (``pipelines/xray_<name>.yaml``) when one
-exists, at ``--size``; ProGAN is switched to its full resolution after the first step
+autocast. Each variant is built from its X-ray preset (``medsynth/presets/xray_<name>.yaml``)
+when one exists, at ``--size``; ProGAN is switched to its full resolution after the first step
 (``kimg_per_stage`` tiny, no fade).
 
 Reported per measurement: ``train_img_per_s`` = steps x batch / s (images per step, i.e. per G
@@ -29,8 +29,8 @@ drift between the two runs of a ratio stays small.
 
 Usage::
 
-    python pipelines/bench_throughput.py --threads 1 --out reports/throughput_cpu.json
-    python pipelines/bench_throughput.py --threads 1 --models dcgan stylegan2 \\
+    python -m pipelines.benches.throughput --threads 1 --out reports/throughput_cpu.json
+    python -m pipelines.benches.throughput --threads 1 --models dcgan stylegan2 \\
         --configs fp32 bf16 fp32 channels_last fp32 fused fp32 bf16_cl fp32 compile \\
         --out reports/speed_options_cpu.json
 """
@@ -72,7 +72,7 @@ def device_name(device: str = "cpu") -> str:
 
 
 def versions() -> dict:
-    from medsynth.train.checkpoint import versions as v
+    from medsynth.runs import versions as v
 
     return {**v(), "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
 
@@ -80,9 +80,9 @@ def versions() -> dict:
 def build_cfg(name: str, size: int, spatial_dims: int, batch_size: int | None, speed: dict, *, preset: str | None = None,
               modality: str = "xray", overrides: list[str] | None = None):
     """The resolved RunConfig for one measurement (preset <- size/batch <- speed options)."""
-    from medsynth.config import find_preset, resolve
+    from medsynth.config import find_preset, locate_preset, resolve
 
-    p = preset or find_preset(modality, name)
+    p = locate_preset(preset) if preset else find_preset(modality, name)
     params = {"kimg_per_stage": 1e-6, "fade_fraction": 0.0} if name == "progan" else {}
     cfg = resolve(preset=p, overrides=overrides,
                   base={"model": {"name": name, "params": params},
@@ -164,7 +164,7 @@ def measure(name: str, *, size: int = 64, spatial_dims: int = 2, batch_size: int
     model = res.model
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    from medsynth.train.loop import resolve_speed
+    from medsynth.train.speed import resolve_speed
 
     resolved = resolve_speed(cfg.train, spatial_dims=spatial_dims)
     gen = generate_rate(model, gen_images, min(64, gen_images), dev, resolved.amp)
@@ -196,8 +196,8 @@ def measure(name: str, *, size: int = 64, spatial_dims: int = 2, batch_size: int
 def _subprocess_measure(kw: dict, threads: int, timeout: float) -> dict:
     """:func:`measure` in a fresh Python process (own peak RSS); errors come back as ``{"error": ...}``."""
     code = ("import json, sys, torch; torch.set_num_threads(%d); sys.path.insert(0, %r); "
-            "from pipelines.bench_throughput import measure; "
-            "print('@@' + json.dumps(measure(**json.loads(sys.argv[1]))))" % (threads, str(Path(__file__).resolve().parents[1])))
+            "from pipelines.benches.throughput import measure; "
+            "print('@@' + json.dumps(measure(**json.loads(sys.argv[1]))))" % (threads, str(Path(__file__).resolve().parents[2])))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True, text=True,
