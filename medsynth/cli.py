@@ -48,7 +48,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -70,10 +72,29 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at the time of each record (a handler
+    bound once to the stream of the first call breaks when a caller swaps stderr, e.g. tests)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging() -> None:
-    """Log WARNING and above to stderr (INFO and above with ``MEDSYNTH_VERBOSE=1``)."""
+    """Log WARNING and above to stderr (INFO and above with ``MEDSYNTH_VERBOSE=1``); idempotent."""
     level = logging.INFO if os.environ.get("MEDSYNTH_VERBOSE") == "1" else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
     logging.getLogger("medsynth").setLevel(level)
 
 
@@ -180,6 +201,8 @@ class XrayView(str, Enum):
 _DATA_HELP = "real data: manifest CSV, folder, .npz or the LIDC folder; default: "
 _DATA_EMBEDDED = _DATA_HELP + "the embedded phantom set"
 _DATA_OF_RUN = _DATA_HELP + "the data the run was trained on"
+_DATA_ROOT_HELP = ("declared data root (default: $MEDSYNTH_DATA_ROOT): a data source under it is recorded by its "
+                   "path relative to it; otherwise by a content fingerprint, never by its path")
 
 
 def _friendly(fn: Callable) -> Callable:
@@ -194,7 +217,8 @@ def _friendly(fn: Callable) -> Callable:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: the last checkpoint is kept; continue with --resume RUN", err=True)
+            typer.echo("interrupted: a run keeps its last checkpoint (continue it with --resume RUN); a run with "
+                       "none yet and unfinished generate/augment output were removed", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -227,13 +251,125 @@ def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_wi
     return load_image_set(_data_source(source), **kw)
 
 
+def _training_paths(cfg, resume: Path | None, *, data: str | None, domain_a: str | None,
+                    domain_b: str | None) -> tuple[str, str | None]:
+    """The real paths ``(source, domain B)`` that ``train`` loads: the command line's for a new run;
+    for ``--resume`` those given again (``--data`` or ``--domain-a/--domain-b``), else the run's local
+    record (:func:`medsynth.runs.read_data_source`, which asks for ``--data`` when it is missing)."""
+    from medsynth.runs import read_data_source
+
+    if resume is None:
+        return _data_source(cfg.data.source), cfg.data.domain_b
+    if data is not None or domain_a is not None:
+        return _data_source(data if domain_a is None else domain_a), domain_b
+    return read_data_source(resume)
+
+
+def _record_data(cfg, ds, source: str, *, resume: bool, data_root: Path | None) -> None:
+    """What a run records of its data. New run: ``cfg.data``'s input paths become shareable names
+    (:func:`medsynth.runs.shareable_source`: ``default``, ``data-root:<relative path>`` or the
+    content fingerprint) and ``cfg.data.fingerprint`` the loaded set's. Resume: data other than the
+    run's (another fingerprint) is refused, so the continued run stays exact."""
+    from medsynth.runs import data_root as declared_root
+    from medsynth.runs import images_fingerprint, shareable_source
+
+    d = cfg.data
+    fp = images_fingerprint(ds.images, ds.labels)
+    if resume:
+        if d.fingerprint is not None and fp != d.fingerprint:
+            raise MedsynthError(source, f"holds other images than the run was trained on (fingerprint {fp}, the "
+                                        f"run's {d.fingerprint}): give the run's training data with --data")
+        return
+    root = declared_root(data_root)
+    if d.domain_b is None:
+        d.source = shareable_source(d.source, fingerprint=fp, root=root)
+    else:
+        d.source = shareable_source(d.source, fingerprint=images_fingerprint(ds.images[ds.labels == 0]), root=root)
+        d.domain_b = shareable_source(d.domain_b, fingerprint=images_fingerprint(ds.images[ds.labels == 1]),
+                                      root=root)
+    d.fingerprint = fp
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option ``name`` (its parameter name) was given on the command line, not defaulted."""
+    source = ctx.get_parameter_source(name)  # an enum of the click typer runs on (typer may vendor its own)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _resume_config(ctx: typer.Context, run: Path, overrides: list[str], *, modality: Modality, model: str,
+                   size: int | None, spatial_dims: int | None, steps: int | None, minutes: float | None,
+                   batch_size: int | None, seed: int | None, conditional: bool | None,
+                   out: Path) -> tuple[Any, dict[str, tuple[Any, Any]]]:
+    """The config ``train --resume RUN`` continues with, and the settings it changes.
+
+    Options that define the run (``--modality``, ``--model``, ``--size``, ``--spatial-dims``,
+    ``--batch-size``, ``--seed``, ``--conditional``, ``--out``) may be repeated with the run's own
+    value; ``--preset`` is refused. ``--steps``, ``--minutes`` and ``--set`` of a key in
+    :data:`medsynth.train.loop.RESUME_CHANGEABLE` are applied; a ``--set`` of any other key must
+    leave its value as the run has it.
+
+    Returns:
+        ``(config, {key: (run's value, new value)})``.
+
+    Raises:
+        MedsynthError: one line naming the conflicting option and the run's value, or a run that
+            already reached its steps.
+    """
+    from medsynth import config as C
+    from medsynth.runs import checkpoint_progress
+    from medsynth.train.loop import RESUME_CHANGEABLE
+
+    cfg = C.validate(C.load_config(run / "config.yaml"))
+    keep = "a resumed run keeps its {what} ({value}); drop the option, or start a new run without --resume"
+    fixed = [("modality", "--modality", "modality", cfg.data.modality, lambda: modality.value),
+             ("model", "--model", "model", cfg.model.name, lambda: model),
+             ("size", "--size", "image size", cfg.data.size, lambda: size),
+             ("spatial_dims", "--spatial-dims", "spatial dims", cfg.data.spatial_dims, lambda: spatial_dims),
+             ("batch_size", "--batch-size", "batch size", cfg.train.batch_size, lambda: batch_size),
+             ("seed", "--seed", "seed", cfg.train.seed, lambda: seed),
+             ("conditional", "--conditional/--no-conditional", "conditioning",
+              cfg.model.num_classes > 0, lambda: conditional),
+             ("out", "--out", "folder", run.resolve().parent, lambda: out.resolve())]
+    for name, option, what, value, given in fixed:
+        if _given(ctx, name) and given() != value:
+            raise MedsynthError(option, keep.format(what=what, value=value))
+    if _given(ctx, "preset"):
+        raise MedsynthError("--preset", f"a resumed run keeps the settings it started with ({run / 'config.yaml'}); "
+                                        "drop --preset, or start a new run without --resume")
+    given: list[tuple[str, str, Any]] = [(opt, key, value) for opt, key, value in
+                                         [("--steps", "train.steps", steps), ("--minutes", "train.minutes", minutes)]
+                                         if value is not None]
+    for text in overrides:
+        path, value = C.parse_override(text)
+        given.append((f"--set {text}", ".".join(path), value))
+    new = cfg
+    for option, key, value in given:
+        before = C.flat_settings(new)
+        new = C.override(new, key, value, option)
+        for k, v in C.flat_settings(new).items():
+            if before.get(k) != v and k not in RESUME_CHANGEABLE:
+                raise MedsynthError(option, f"a resumed run keeps {k} = {C.flat_settings(cfg).get(k)!r}; on --resume "
+                                            f"only {', '.join(RESUME_CHANGEABLE)} can change")
+    old, now = C.flat_settings(cfg), C.flat_settings(new)
+    changes = {k: (old.get(k), v) for k, v in now.items() if old.get(k) != v}
+    progress = checkpoint_progress(run)
+    if progress is None:
+        raise MedsynthError(run, "has no checkpoint to resume from (checkpoints/last.pt); start a new run")
+    if new.train.steps <= progress["step"]:
+        raise MedsynthError("--steps", f"the run is at step {progress['step']} of train.steps = {new.train.steps}: "
+                                       "give more steps to continue it")
+    return new, changes
+
+
 # --------------------------------------------------------------------------------------------
 @app.command()
 @_friendly
 def train(
+    ctx: typer.Context,
     modality: Annotated[Modality, typer.Option(help="imaging modality")] = Modality.xray,
     model: Annotated[str, typer.Option(help="registered variant (see `medsynth models`)")] = "dcgan",
     data: Annotated[Optional[str], typer.Option(help=_DATA_EMBEDDED)] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
     size: Annotated[Optional[int], typer.Option(help="image size (power of two); default: the preset's")] = None,
     spatial_dims: Annotated[Optional[int], typer.Option(
         "--spatial-dims", min=2, max=3, help="2 (radiographs/slices) or 3 (CT volumes); default: the preset's")] = None,
@@ -260,55 +396,72 @@ def train(
         "--domain-b", help="domain B's folder/manifest (label 1)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
 ):
-    """Train a generator. Writes runs/NNNNN-<modality>-<model>/ (config, stats, grids, checkpoints)."""
+    """Train a generator. Writes runs/NNNNN-<modality>-<model>/ (config, stats, grids, checkpoints).
+
+    The settings are checked before any data is loaded, the run folder is made only after the data
+    loaded, and a start that fails before its first checkpoint removes it again. With --resume only
+    --steps, --minutes and --set of train.steps, train.minutes, train.checkpoint_every,
+    train.sample_every, train.tick_every, train.threads may change (recorded in RUN/resumes.jsonl);
+    other options must agree with the run. One process writes a run at a time (RUN/.lock)."""
     from medsynth import config as C
-    from medsynth.train.loop import new_run_dir
+    from medsynth.runs import check_output_folder, write_data_report, write_data_source
+    from medsynth.train.loop import check_config, check_data, fresh_run_dir, hold_run
     from medsynth.train.loop import train as run_train
 
-    if resume is not None:
-        cfg = C.load_config(resume / "config.yaml")
-        extra: dict[str, Any] = {}
-        if steps is not None:
-            extra.setdefault("train", {})["steps"] = steps
-        if minutes is not None:
-            extra.setdefault("train", {})["minutes"] = minutes
-        cfg = C.from_dict({**cfg.to_dict(), **{k: {**cfg.to_dict()[k], **v} for k, v in extra.items()}})
-        run_dir = resume
-    else:
-        preset_path = preset or C.find_preset(modality.value, model)
-        base: dict[str, Any] = {"data": {"modality": modality.value}, "model": {"name": model},
-                                "train": {"out": str(out)}}
-        if data is not None:
-            base["data"]["source"] = data
-        for section, key, value in [("data", "size", size), ("data", "spatial_dims", spatial_dims),
-                                    ("train", "steps", steps), ("train", "minutes", minutes),
-                                    ("train", "batch_size", batch_size), ("train", "seed", seed)]:
-            if value is not None:
-                base[section][key] = value
-        if conditional is not None:
-            base["model"]["num_classes"] = 2 if conditional else 0
-        if (domain_a is None) != (domain_b is None):
-            raise MedsynthError("--domain-a/--domain-b", "give both domains (or neither)")
-        if domain_a is not None:
+    with ExitStack() as stack:
+        changes: dict[str, tuple[Any, Any]] = {}
+        if resume is not None:
+            if not (resume / "config.yaml").is_file():
+                raise MedsynthError(resume, "not a run directory (no config.yaml): --resume takes a folder "
+                                            "`medsynth train` made")
+            stack.enter_context(hold_run(resume))  # before the data loads: a second writer stops at once
+            cfg, changes = _resume_config(ctx, resume, set_ or [], modality=modality, model=model, size=size,
+                                          spatial_dims=spatial_dims, steps=steps, minutes=minutes,
+                                          batch_size=batch_size, seed=seed, conditional=conditional, out=out)
+            run_dir: Path | None = resume
+        else:
+            preset_path = preset or C.find_preset(modality.value, model)
+            base: dict[str, Any] = {"data": {"modality": modality.value}, "model": {"name": model},
+                                    "train": {"out": str(out)}}
             if data is not None:
-                raise MedsynthError("--data", "give either --data or --domain-a/--domain-b, not both")
-            base["data"].update(source=domain_a, domain_b=domain_b)
-            base["model"]["num_classes"] = 2
-        cfg = C.resolve(preset=preset_path, overrides=set_ or [], base=base)
-        if cfg.data.source in ("", "default"):
-            cfg.data.source = str(default_data())
-        run_dir = None
-    d = cfg.data
-    t0 = time.perf_counter()
-    ds = _load_set(d.source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
-                   ct_window=d.ct_window, split=d.split, domain_b=d.domain_b)
-    labels = ds.labels if cfg.model.num_classes > 0 else None
-    typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {d.source} "
-               f"(split {d.split}) in {time.perf_counter() - t0:.1f}s", err=True)
-    if run_dir is None:
-        run_dir = new_run_dir(cfg.train.out, f"{d.modality}-{cfg.model.name}")
-    typer.echo(f"run: {run_dir}", err=True)
-    res = run_train(cfg, ds.images, labels, run_dir, resume=resume is not None, progress=progress)
+                base["data"]["source"] = data
+            for section, key, value in [("data", "size", size), ("data", "spatial_dims", spatial_dims),
+                                        ("train", "steps", steps), ("train", "minutes", minutes),
+                                        ("train", "batch_size", batch_size), ("train", "seed", seed)]:
+                if value is not None:
+                    base[section][key] = value
+            if conditional is not None:
+                base["model"]["num_classes"] = 2 if conditional else 0
+            if (domain_a is None) != (domain_b is None):
+                raise MedsynthError("--domain-a/--domain-b", "give both domains (or neither)")
+            if domain_a is not None:
+                if data is not None:
+                    raise MedsynthError("--data", "give either --data or --domain-a/--domain-b, not both")
+                base["data"].update(source=domain_a, domain_b=domain_b)
+                base["model"]["num_classes"] = 2
+            cfg = C.resolve(preset=preset_path, overrides=set_ or [], base=base)
+            check_output_folder(cfg.train.out)
+            run_dir = None
+        cfg = check_config(cfg)
+        d = cfg.data
+        source, source_b = _training_paths(cfg, resume, data=data, domain_a=domain_a, domain_b=domain_b)
+        t0 = time.perf_counter()
+        ds = _load_set(source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+                       ct_window=d.ct_window, split=d.split, domain_b=source_b)
+        labels = ds.labels if cfg.model.num_classes > 0 else None
+        typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {source} "
+                   f"(split {d.split}) in {time.perf_counter() - t0:.1f}s", err=True)
+        _record_data(cfg, ds, source, resume=resume is not None, data_root=data_root)  # resume: same images?
+        check_data(cfg, ds.images, labels)  # before the run folder is made
+        if run_dir is None:
+            run_dir = stack.enter_context(fresh_run_dir(cfg.train.out, f"{d.modality}-{cfg.model.name}"))
+        write_data_source(run_dir, source, source_b)  # the only record of the input path: RUN/local/
+        write_data_report(run_dir, len(ds), ds.skipped)
+        typer.echo(f"run: {run_dir}", err=True)
+        for key, (before, after) in changes.items():
+            typer.echo(f"resume: {key} {before} -> {after}", err=True)
+        res = run_train(cfg, ds.images, labels, run_dir, resume=resume is not None, changes=changes,
+                        progress=progress)
     typer.echo(f"done: {res.step} steps, {res.seconds / 60:.1f} min, {res.images_per_second:.0f} img/s -> {res.run_dir}")
 
 
@@ -329,18 +482,36 @@ def generate(
     pairs: Annotated[bool, typer.Option(
         "--pairs/--no-pairs", help="write aligned pairs of both domains (CoGAN)")] = False,
     out: Annotated[Optional[Path], typer.Option(help="output folder; default: RUN/synthetic")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite/--no-overwrite", help="replace medsynth's earlier output in --out (only the files listed in "
+                                           "its medsynth-outputs.json); without it a non-empty --out is refused")] = False,
 ):
-    """Write synthetic images (marked synthetic) and a manifest.csv."""
-    import torch
+    """Write synthetic images (marked synthetic) and a manifest.csv.
 
-    from medsynth.data.writers import SyntheticInfo, write_synthetic_set
-    from medsynth.runs import load_trained
+    --out must be empty or new: a folder holding files is refused, unless --overwrite, which
+    removes only the files medsynth recorded there (medsynth-outputs.json: an earlier generate's
+    images and manifest), never other files."""
+    from medsynth.runs import command_output, load_trained
 
+    if count < 1:
+        raise MedsynthError("--count", f"must be a number of images >= 1, got {count}")
     cfg, model, ck = load_trained(run)
     if truncation is not None and not model.supports_truncation:
         raise MedsynthError("--truncation", f"model {cfg.model.name!r} has no truncation trick (stylegan2, biggan do)")
     run_dir = run if run.is_dir() else run.parent.parent
-    out = out or run_dir / "synthetic"
+    with command_output(out or run_dir / "synthetic", "generate", overwrite=overwrite) as folder:
+        _generate_into(folder, run_dir, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt,
+                       truncation=truncation, from_=from_, direction=direction, pairs=pairs)
+
+
+def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: int | None, seed: int,
+                   fmt: ImageFormat, truncation: float | None, from_: str | None, direction: Direction,
+                   pairs: bool) -> None:
+    """The body of ``generate``: sample (or translate) and write into the prepared folder ``out``."""
+    import torch
+
+    from medsynth.data.writers import SyntheticInfo, write_synthetic_set
+
     info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed)
     g = torch.Generator().manual_seed(seed)
     d = cfg.data
@@ -353,9 +524,12 @@ def generate(
             images = torch.cat([model.translate(src.images[i:i + 64], direction=direction.value)
                                 for i in range(0, len(src), 64)]).clamp(-1, 1)
         lab = torch.full((len(images),), 1 if direction is Direction.a2b else 0, dtype=torch.long)
+        # translations of the real images passed in: marked as translations (derived from patient data)
+        info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, translation=direction.value)
         df = write_synthetic_set(out, images, lab, modality=d.modality, fmt=fmt.value, info=info,
                                  ct_window=d.ct_window)
-        typer.echo(f"translated {len(df)} images ({direction.value}) from {from_} -> {out} (manifest.csv)")
+        typer.echo(f"translated {len(df)} images ({direction.value}) from {from_} -> {out} (manifest.csv; "
+                   "marked as translations of real images, not synthetic)")
         return
     if pairs:
         if not model.supports_pairs:
@@ -366,6 +540,9 @@ def generate(
                                 modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
         typer.echo(f"wrote {count} aligned pairs -> {out}/domain0, {out}/domain1 (same row = same latent)")
         return
+    if model.supports_translation:
+        raise MedsynthError("--from", f"model {cfg.model.name!r} makes images only by translating the images you "
+                                      "pass in: give --from FOLDER (and --direction)")
     labels = None
     if model.num_classes > 0:
         labels = (torch.full((count,), class_, dtype=torch.long) if class_ is not None
@@ -389,26 +566,70 @@ def augment(
     data: Annotated[Optional[str], typer.Option(
         help="real data: a manifest CSV; default: the embedded phantom set")] = None,
     modality: Annotated[Modality, typer.Option(help="modality of the real rows kept")] = Modality.xray,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite/--no-overwrite", help="replace medsynth's earlier output in --out (only the files listed in "
+                                           "its medsynth-outputs.json); without it a non-empty --out is refused")] = False,
 ):
     """Write an augmented dataset manifest: every real row (its split kept) + synthetic rows in the
-    training split, each marked source=real|synthetic. Files are referenced, not copied."""
+    training split, each marked source=real|synthetic|translated. Files are referenced, not copied.
+
+    --out must be empty or new: a folder holding files is refused, unless --overwrite, which removes
+    only the files medsynth recorded there (medsynth-outputs.json), never other files (an augmented
+    manifest's images are referenced, so they are never among them)."""
     from medsynth.data.manifest import read_manifest, select_rows, write_manifest
+    from medsynth.runs import check_output_folder, command_output
     import pandas as pd
 
+    check_output_folder(out)  # before reading the manifests
+    for option, csv in (("--synthetic", Path(synthetic)), ("--data", Path(_data_source(data)))):
+        if csv.suffix.lower() == ".csv" and csv.resolve().parent == out.resolve():
+            raise MedsynthError(out, f"is the folder of the {option} manifest: the augmented manifest goes "
+                                     "elsewhere (referenced files are never overwritten)")
     real_df = select_rows(read_manifest(_data_source(data)), modality=modality.value)
     syn_df = read_manifest(synthetic)
     real_df = real_df.assign(source="real")
-    syn_df = syn_df.assign(source="synthetic", split="train")
+    # rows written as translations of real images (CycleGAN --from) stay marked as such
+    kept = syn_df["source"].where(syn_df["source"] == "translated", "synthetic") if "source" in syn_df else "synthetic"
+    syn_df = syn_df.assign(source=kept, split="train")
     df = pd.concat([real_df, syn_df], ignore_index=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_manifest(df, out / "manifest.csv")
+    with command_output(out, "augment", overwrite=overwrite):
+        write_manifest(df, out / "manifest.csv")
     n_tr = int((real_df.get("split") == "train").sum()) if "split" in real_df else len(real_df)
     typer.echo(f"augmented manifest: {n_tr} real training + {len(syn_df)} synthetic rows "
                f"({len(real_df)} real rows in all) -> {out / 'manifest.csv'}")
 
 
-def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial_dims: int, modality: str, ct_window):
-    """A synthetic ImageSet from a run directory (sampled now, balanced classes) or a manifest."""
+def _stored_sizes(spec: str, modality: str, spatial_dims: int) -> dict[tuple[int, ...], int]:
+    """How many images of a synthetic set (manifest CSV, folder of images, ``.npz``) are stored at
+    each size (the last ``spatial_dims`` axes), before any resampling."""
+    from collections import Counter
+
+    from medsynth.data.manifest import read_manifest, select_rows
+    from medsynth.data.readers import detect_format, load_npz_arrays, read_image
+
+    p = Path(spec)
+    if p.suffix.lower() == ".npz" and p.is_file():
+        arrays = load_npz_arrays(p)
+        images = arrays.get("images", next(iter(arrays.values())) if len(arrays) == 1 else None)
+        return {} if images is None else {tuple(int(v) for v in images.shape[-spatial_dims:]): int(images.shape[0])}
+    if p.suffix.lower() == ".csv":
+        paths = list(select_rows(read_manifest(p), modality=modality)["path"])
+    elif p.is_dir():
+        formats = {f: detect_format(f) for f in sorted(p.rglob("*")) if f.is_file()}
+        paths = [f for f, fmt in formats.items() if fmt in ("nifti", "pil") or (fmt == "dicom" and spatial_dims == 2)]
+        if spatial_dims == 3:  # a DICOM volume is a series: one folder of slices
+            paths += sorted({f.parent for f, fmt in formats.items() if fmt == "dicom"})
+    else:
+        return {}
+    return dict(Counter(tuple(int(v) for v in read_image(f).array.shape[-spatial_dims:]) for f in paths))
+
+
+def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial_dims: int, modality: str, ct_window,
+                   resize: bool = False):
+    """A synthetic ImageSet from a run directory (sampled now, balanced classes) or a manifest.
+
+    A set stored at another size than the benchmark's is refused unless ``resize`` (then it is
+    resampled to ``size`` like real images, and logged); a run's generator must make ``size``."""
     import torch
 
     from medsynth.data.dataset import ImageSet
@@ -420,14 +641,26 @@ def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial
         if model.num_classes <= 0:
             raise MedsynthError(p, "benchmark needs a class-conditional generator (train with --conditional)")
         if cfg.data.size != size or cfg.data.spatial_dims != spatial_dims:
-            raise MedsynthError(p, f"generator makes {cfg.data.size}px {cfg.data.spatial_dims}D images, "
-                                   f"benchmark uses {size}px {spatial_dims}D")
+            raise MedsynthError(p, f"generator makes {cfg.data.size}px {cfg.data.spatial_dims}D images, benchmark "
+                                   f"uses {size}px {spatial_dims}D: benchmark with --size {cfg.data.size} "
+                                   f"--spatial-dims {cfg.data.spatial_dims}, or write its images with "
+                                   "`medsynth generate` and pass --resize-synthetic")
         count = -(-count // model.num_classes) * model.num_classes  # equal count per class
         labels = torch.arange(count) % model.num_classes
         images = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
         n = len(images)
         return ImageSet(images=images, labels=labels, patient_ids=[f"synthetic-{i}" for i in range(n)],
                         paths=[""] * n, splits=["train"] * n, modality=modality)
+    want = (size,) * spatial_dims
+    other = {s: n for s, n in _stored_sizes(spec, modality, spatial_dims).items() if s != want}
+    if other:
+        shown = ", ".join(f"{n} at {'x'.join(map(str, s))}" for s, n in sorted(other.items()))
+        if not resize:
+            raise MedsynthError(spec, f"synthetic images are not {'x'.join(map(str, want))} like the benchmark's "
+                                      f"--size {size} ({shown}): benchmark at their size, or pass "
+                                      "--resize-synthetic to resample them")
+        log.warning("--resize-synthetic: resampling %d synthetic images (%s) to %s", sum(other.values()), shown,
+                    "x".join(map(str, want)))
     return _load_set(spec, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window, split=None)
 
 
@@ -461,17 +694,36 @@ def benchmark(
         "--min-steps", help="at least this many optimiser steps (small fractions)")] = 100,
     out: Annotated[Optional[Path], typer.Option(
         help="output folder; default: RUN/benchmark, or benchmarks/<modality>-<data name>")] = None,
+    resize_synthetic: Annotated[bool, typer.Option(
+        "--resize-synthetic/--no-resize-synthetic", help="resample synthetic files stored at another size than "
+                                                         "--size (logged); without it such a set is refused")] = False,
 ):
     """Tumour classifier per arm (real, +classic augmentation, +synthetic, both, synthetic-only) at reduced
     real fractions, several seeds, patient-held-out test set: AUROC, sens@90%spec, spec@90%sens with
     patient-bootstrap 95% CIs and paired bootstrap tests against real-only."""
+    from medsynth.config import SIZES
     from medsynth.downstream.benchmark import run_benchmark, write_benchmark
     from medsynth.results import read_benchmark
+    from medsynth.runs import check_output_folder
 
     try:
         fr = tuple(float(f) for f in fractions.split(","))
     except ValueError:
         raise MedsynthError("--fractions", f"must be a comma list of numbers, got {fractions!r}") from None
+    if not all(0 < f <= 1 for f in fr):
+        raise MedsynthError("--fractions", f"each fraction must lie in (0, 1], got {fractions!r}")
+    if size not in SIZES:
+        raise MedsynthError("--size", f"must be one of {', '.join(map(str, SIZES))}, got {size}")
+    for option, value, low in (("--epochs", epochs, 1), ("--n-boot", n_boot, 1), ("--min-steps", min_steps, 0)):
+        if value < low:
+            raise MedsynthError(option, f"must be an integer >= {low}, got {value}")
+    if not synthetic_ratio > 0:
+        raise MedsynthError("--synthetic-ratio", f"must be a number > 0, got {synthetic_ratio}")
+    if out is None:
+        sp = Path(synthetic) if synthetic else None
+        name = Path(data or "default").stem or "data"
+        out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality.value}-{name}"
+    check_output_folder(out)  # before the classifiers train, not after
     real_set = _load_set(data, modality=modality.value, size=size, spatial_dims=spatial_dims,
                          ct_window=ct_window.value, split=None)
     syn_set = None
@@ -479,7 +731,7 @@ def benchmark(
         n_train = sum(s == "train" for s in real_set.splits)
         syn_set = _synthetic_set(synthetic, real_set, count=max(2, int(round(synthetic_ratio * n_train))), seed=1234,
                                  size=size, spatial_dims=spatial_dims, modality=modality.value,
-                                 ct_window=ct_window.value)
+                                 ct_window=ct_window.value, resize=resize_synthetic)
     t0 = time.perf_counter()
     arm_list = None if arms.strip() == "all" else tuple(a.strip() for a in arms.split(",") if a.strip())
     if arm_list is None and syn_set is None:
@@ -487,10 +739,6 @@ def benchmark(
     result = run_benchmark(real_set, syn_set, arms=arm_list, fractions=fr, seeds=tuple(range(n_seeds)),
                            epochs=epochs, synthetic_ratio=synthetic_ratio, n_boot=n_boot, min_steps=min_steps,
                            classifier_kwargs={"arch": arch.value, "device": device.value})
-    if out is None:
-        sp = Path(synthetic) if synthetic else None
-        name = Path(data or "default").stem or "data"
-        out = sp / "benchmark" if sp is not None and sp.is_dir() else Path("benchmarks") / f"{modality.value}-{name}"
     write_benchmark(result, out)
     typer.echo(f"benchmark ({time.perf_counter() - t0:.0f}s) -> {out}")
     typer.echo(_benchmark_table(read_benchmark(out)))
@@ -517,29 +765,36 @@ def _benchmark_table(res: dict) -> str:
 @_friendly
 def report(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    real: Annotated[Optional[str], typer.Option("--data", help=_DATA_OF_RUN)] = None,
+    data: Annotated[Optional[str], typer.Option(help=_DATA_OF_RUN)] = None,
     benchmark_dir: Annotated[Optional[Path], typer.Option(
         "--benchmark", help="benchmark folder; default: RUN/benchmark")] = None,
     count: Annotated[int, typer.Option(
-        help="number of synthetic images sampled for the fidelity/privacy audit")] = 500,
+        min=2, help="number of synthetic images sampled for the fidelity/privacy audit")] = 500,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     out: Annotated[Path, typer.Option(help="parent folder of report folders")] = Path("reports"),
     encoder: Annotated[Optional[Path], typer.Option(
         help="saved feature encoder (keeps FD comparable across reports)")] = None,
     encoder_steps: Annotated[int, typer.Option(
-        "--encoder-steps", help="steps when the encoder is trained here")] = 300,
+        "--encoder-steps", min=1, help="steps when the encoder is trained here")] = 300,
+    show_real: Annotated[bool, typer.Option(
+        "--show-real/--no-show-real", help="show real training images (the evaluation's side-by-side samples "
+                                           "and closest pairs); the report's first line then says it contains "
+                                           "patient images")] = False,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
 ):
     """Markdown + HTML + JSON report in reports/<run>/: a one-page summary (augmentation benefit per arm with
     CIs and paired p-values, memorisation and membership inference, fidelity vs the real floor), then fidelity,
     privacy, benchmark and provenance sections. It shows RUN/evaluate/ (running `medsynth evaluate` first, with
-    --data/--count/--seed/--encoder/--encoder-steps, when the run has none) and the benchmark's results.json."""
+    --data/--count/--seed/--encoder/--encoder-steps, when the run has none) and the benchmark's results.json.
+    It holds no real training image unless --show-real, and no input path."""
     from medsynth.report import build_report
 
     if benchmark_dir is not None and not benchmark_dir.is_dir():
         raise MedsynthError(benchmark_dir, "benchmark folder not found")
-    path = build_report(run, out_root=out, benchmark_dir=benchmark_dir, real=real, count=count, seed=seed,
-                        encoder=encoder, encoder_steps=encoder_steps)
-    typer.echo(f"report -> {path}")
+    path = build_report(run, out_root=out, benchmark_dir=benchmark_dir,
+                        real=None if data is None else _data_source(data), count=count, seed=seed, encoder=encoder,
+                        encoder_steps=encoder_steps, show_real=show_real, data_root=data_root)
+    typer.echo(f"report -> {path}" + (" (CONTAINS PATIENT IMAGES: --show-real)" if show_real else ""))
 
 
 @app.command()
@@ -547,30 +802,33 @@ def report(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run directory")],
     data: Annotated[Optional[str], typer.Option(help=_DATA_OF_RUN)] = None,
-    count: Annotated[int, typer.Option(help="number of synthetic images sampled")] = 500,
+    count: Annotated[int, typer.Option(min=2, help="number of synthetic images sampled")] = 500,
     seed: Annotated[int, typer.Option(help="random seed of sampling, encoder, splits and bootstraps")] = 0,
     encoder: Annotated[Optional[Path], typer.Option(
         help="saved feature encoder (keeps features fixed across runs); default: trained here")] = None,
     encoder_steps: Annotated[int, typer.Option(
-        "--encoder-steps", help="steps when the encoder is trained here")] = 300,
-    repeats: Annotated[int, typer.Option(help="random real/real splits for the floors")] = 5,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples for attack AUROC CIs")] = 1000,
+        "--encoder-steps", min=1, help="steps when the encoder is trained here")] = 300,
+    repeats: Annotated[int, typer.Option(min=1, help="random real/real splits for the floors")] = 5,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples for attack AUROC CIs")] = 1000,
     inception_weights: Annotated[Optional[Path], typer.Option(
         "--inception-weights", help="local TorchScript Inception feature network: adds the standard "
                                     "Inception FID (never downloaded)")] = None,
     inception_input: Annotated[InceptionInput, typer.Option(
         "--inception-input", help="that network's input range: uint8 (0..255), unit (0..1), sym (-1..1)")
     ] = InceptionInput.uint8,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
 ):
     """Fidelity (FD, KID, precision/recall, density/coverage, intensity, MS-SSIM diversity, each with a
     real-vs-real floor) and privacy (DCR/NNDR, closest pairs, membership inference with a control)
-    -> RUN/evaluate/evaluation.{json,md} + figures."""
+    -> RUN/evaluate/evaluation.{json,md} + figures (fig_samples.png and fig_closest_pairs.png show real
+    training images: keep them in the run)."""
     from medsynth.metrics.evaluate import evaluate_run
 
     t0 = time.perf_counter()
-    path = evaluate_run(run, real=data, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps,
-                        repeats=repeats, n_boot=n_boot, inception_weights=inception_weights,
-                        inception_input=inception_input.value)
+    path = evaluate_run(run, real=None if data is None else _data_source(data), count=count, seed=seed,
+                        encoder=encoder, encoder_steps=encoder_steps, repeats=repeats, n_boot=n_boot,
+                        inception_weights=inception_weights, inception_input=inception_input.value,
+                        data_root=data_root)
     typer.echo(f"evaluation ({time.perf_counter() - t0:.0f}s) -> {path} (and evaluation.md)")
 
 

@@ -21,14 +21,18 @@ Schema 1:
   ``k``), ``intensity``, ``diversity_ms_ssim``, ``encoder`` (``kind``, ``fingerprint``,
   ``feature_dim``, ``source``...), optional ``per_class`` and ``inception_fid``; ``privacy`` with
   ``dcr``/``nndr`` summaries, ``memorisation_flag``, ``flag_rule``, ``closest_pairs`` and
-  ``membership_inference``. From a run also ``run``, ``model``, ``step``, ``real_source``,
-  ``train_split``, ``n_synthetic_sampled``, ``dp``, ``dp_accounting``.
+  ``membership_inference``. From a run also ``run``, ``model``, ``step``, ``real_source``
+  (``run``: the run's own training data; else the shareable name of ``--data``:
+  ``default``, ``data-root:<relative path>`` or a content fingerprint; never a path),
+  ``real_train_fingerprint`` and ``run_data_fingerprint`` (the training images compared against,
+  the run's own), ``train_split``, ``n_synthetic_sampled``, ``dp``, ``dp_accounting``.
 * ``benchmark``: :class:`medsynth.downstream.benchmark.BenchmarkResult` as a dict: ``config``,
   ``rows``, ``summary`` (one row per arm x fraction), ``diffs`` (one row per non-reference arm x
   fraction x metric: ``arm``, ``fraction``, ``metric``, ``diff``, ``lo``, ``hi``, ``p``...),
   ``n_test``, ``n_test_patients``, ``n_val``, ``timings``, ``test_predictions``.
 * ``report``: ``run``, ``run_dir``, ``summary``, ``config``, ``evaluation``, ``headline``,
-  ``fidelity``, ``privacy``, ``benchmark``, ``provenance``, ``figures``, ``versions``.
+  ``fidelity``, ``privacy``, ``benchmark``, ``provenance``, ``figures``, ``versions``; optional
+  ``contains_patient_images`` (true only for ``medsynth report --show-real``).
 
 A file of another kind, without ``schema_version`` (written before this schema) or of another
 version is refused with one line naming the file and the command that rewrites it: no reader

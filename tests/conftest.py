@@ -275,3 +275,94 @@ def train_tiny_cli_run(folder, images):
                             "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return runner, Path(folder) / "runs" / "00000-xray-dcgan"
+
+
+# ----------------------------------------------------------------------------- issue 17: odd DICOM inputs
+SOP_CLASS = {
+    "CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1", "MG": "1.2.840.10008.5.1.4.1.1.1.2",
+    "CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4", "US": "1.2.840.10008.5.1.4.1.1.6.1",
+    "NM": "1.2.840.10008.5.1.4.1.1.20", "PT": "1.2.840.10008.5.1.4.1.1.128", "SC": "1.2.840.10008.5.1.4.1.1.7",
+    "ENHANCED_CT": "1.2.840.10008.5.1.4.1.1.2.1", "ENHANCED_MR": "1.2.840.10008.5.1.4.1.1.4.1",
+}
+
+
+def write_dicom_image(path, array, *, modality="DX", sop_class=None, photometric=None, bits=None,
+                      patient_id="P001", rescale=None, series_uid=None):
+    """Write a DICOM image of any modality and SOP class (default: the modality's own).
+
+    ``array`` (H, W) grey (uint8 -> 8 bits stored, else uint16) or (H, W, 3) uint8 colour
+    (photometric RGB unless given). ``rescale`` (slope, intercept) or None (no rescale tags).
+    """
+    arr = np.asarray(array)
+    colour = arr.ndim == 3
+    eight = colour or arr.dtype == np.uint8
+    arr = arr.astype(np.uint8 if eight else np.uint16)
+    ds = _dataset(arr.shape[0], arr.shape[1], modality=modality, patient_id=patient_id, series_uid=series_uid)
+    sop = sop_class or SOP_CLASS.get(modality, SOP_CLASS["SC"])
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric or ("RGB" if colour else "MONOCHROME2")
+    ds.BitsAllocated = 8 if eight else 16
+    ds.BitsStored = bits or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = arr.tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_enhanced_ct(path, stored, *, rescale=(1, -1024), per_frame_rescale=None, z=None, spacing=(0.5, 0.5),
+                      thickness=1.0, sop_class=None, modality="CT", patient_id="E001"):
+    """Write an Enhanced CT (multi-frame, functional groups) file from ``stored`` (F, H, W) values.
+
+    ``rescale`` (slope, intercept) goes in the Shared Functional Groups (None: no rescale
+    anywhere); ``per_frame_rescale`` [(slope, intercept)] per frame goes in the Per-frame groups
+    instead. Frame k sits at z = ``z[k]`` (default k * thickness); pixel spacing and slice
+    thickness go in the shared PixelMeasuresSequence.
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.asarray(stored).astype(np.uint16)
+    f, h, w = stored.shape
+    ds = _dataset(h, w, modality=modality, patient_id=patient_id)
+    sop = sop_class or SOP_CLASS["ENHANCED_CT"]
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = f
+    z = np.arange(f) * thickness if z is None else np.asarray(z, float)
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+    pm.SliceThickness = float(thickness)
+    shared.PixelMeasuresSequence = Sequence([pm])
+    po = Dataset()
+    po.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = Sequence([po])
+    if rescale is not None and per_frame_rescale is None:
+        pv = Dataset()
+        pv.RescaleSlope, pv.RescaleIntercept, pv.RescaleType = rescale[0], rescale[1], "HU"
+        shared.PixelValueTransformationSequence = Sequence([pv])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in range(f):
+        item = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [0.0, 0.0, float(z[k])]
+        item.PlanePositionSequence = Sequence([pp])
+        if per_frame_rescale is not None:
+            pv = Dataset()
+            pv.RescaleSlope, pv.RescaleIntercept, pv.RescaleType = per_frame_rescale[k][0], per_frame_rescale[k][1], "HU"
+            item.PixelValueTransformationSequence = Sequence([pv])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = stored.tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

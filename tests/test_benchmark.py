@@ -136,6 +136,11 @@ def test_run_benchmark_arms_fractions_seeds(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert {"config", "rows", "summary", "diffs", "timings", "n_test"} <= set(data)
     assert paths["plot"].stat().st_size > 1000
+    # no real patient ID reaches the shareable results: test cases carry pseudonyms, one per patient
+    real_test_ids = {str(p) for p, s in zip(real.patient_ids, real.splits) if s == "test"}
+    pids = data["test_predictions"]["patient_ids"]
+    assert len(pids) == res.n_test and len(set(pids)) == res.n_test_patients
+    assert all(p.startswith("P") for p in pids) and not set(pids) & real_test_ids
 
 
 def test_all_five_arms_run_end_to_end():
@@ -234,3 +239,11 @@ def test_bad_inputs_raise():
     real.splits = ["train"] * len(real.splits)
     with pytest.raises(MedsynthError, match="test"):
         run_benchmark(real, None, fractions=(1.0,), seeds=(0,), epochs=1)
+
+
+def test_pseudonyms_are_stable_and_hide_ids():
+    from medsynth.downstream.benchmark import pseudonyms
+
+    assert pseudonyms(["MRN-77", "MRN-12", "MRN-77"]) == ["P0001", "P0000", "P0001"]
+    # the same patients in another order get the same pseudonyms (two benchmarks pair by patient)
+    assert pseudonyms(["MRN-12", "MRN-77"]) == ["P0000", "P0001"]

@@ -113,6 +113,64 @@ def test_state_dict_round_trip_is_exact(name, dims, tmp_path):
         assert torch.equal(a, b)
 
 
+def real_image_copies(tensor: torch.Tensor, real: torch.Tensor) -> list[int]:
+    """Indices of the ``real`` images ``(N, *image)`` that ``tensor`` holds: as an exact run of an
+    image's flattened pixels at any offset, or as a row (of the image's size) correlated above 0.99
+    with it (a rescaled or re-typed copy)."""
+    flat = tensor.detach().to(torch.float32).flatten()
+    imgs = real.detach().to(torch.float32).flatten(1)
+    size = imgs.shape[1]
+    found = set()
+    if flat.numel() < size:
+        return []
+    for i, img in enumerate(imgs):
+        starts = ((flat[: flat.numel() - size + 1] == img[0]).nonzero().flatten()).tolist()
+        if any(torch.equal(flat[j: j + size], img) for j in starts):
+            found.add(i)
+    if flat.numel() % size == 0:
+        rows = flat.view(-1, size)
+        rows = rows - rows.mean(1, keepdim=True)
+        ref = imgs - imgs.mean(1, keepdim=True)
+        corr = (rows @ ref.T) / (rows.norm(dim=1, keepdim=True) * ref.norm(dim=1) + 1e-12)
+        found |= set((corr.abs() > 0.99).any(0).nonzero().flatten().tolist())
+    return sorted(found)
+
+
+def test_the_copy_search_finds_copies():
+    real = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert real_image_copies(torch.cat([torch.zeros(3), real[1].flatten(), torch.ones(2)]), real) == [1]
+    assert real_image_copies(0.5 * real[2:] + 0.1, real) == [2]  # a rescaled copy in its own row
+    assert real_image_copies(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), real) == []
+
+
+@pytest.mark.parametrize("name,dims", CASES)
+def test_no_training_image_in_the_state_dict_or_optimiser_state(name, dims):
+    """Checkpoints hold ``state_dict`` and the optimisers' states: after training steps on
+    distinctive real images (uniform noise, nothing a network would make), no tensor of either holds
+    one of them. A variant that keeps real images for later (CycleGAN's former example buffers, a
+    history pool of translations) fails here: such state lives outside the state_dict."""
+    torch.manual_seed(0)
+    model = build_model(_cfg(name, dims).model)
+    g = torch.Generator().manual_seed(7)
+    real = torch.rand((8,) + model.image_shape, generator=g) * 2 - 1
+    batch = Batch(real, torch.tensor([0, 1] * 4) if model.num_classes else None)
+    opts = {ph.name: torch.optim.Adam(list(model.sub_modules(ph.modules)), lr=1e-3) for ph in model.phases()}
+    for step in range(3):
+        for ph in model.phases():
+            loss, _ = model.loss(ph.name, batch, StepInfo(step, 8))
+            opts[ph.name].zero_grad()
+            loss.backward()
+            opts[ph.name].step()
+        model.on_step_end(StepInfo(step, 8))
+    tensors = dict(model.state_dict())
+    for pname, opt in opts.items():
+        for i, st in opt.state_dict()["state"].items():
+            tensors.update({f"optimizer {pname}[{i}].{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
+    held = {key: real_image_copies(t, real) for key, t in tensors.items()}
+    held = {key: idx for key, idx in held.items() if idx}
+    assert not held, f"{name} {dims}D keeps training images in its checkpointed state: {held}"
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_unconditional_variant_needs_no_labels(name):
     if get_model(name).requires_labels:

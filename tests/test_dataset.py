@@ -186,7 +186,8 @@ def test_real_nih_npz(shared_data):
 def test_ct_png_slices_are_taken_as_windowed_grey(tmp_path, make):
     g = np.tile(np.linspace(0, 255, 16).round().astype(np.uint8), (16, 1))
     make.png(tmp_path / "s0.png", g)
-    make.png(tmp_path / "s1.png", g.astype(np.uint16) * 257)  # the same image at 16 bits
+    # the same grey levels at 16 bits, mirrored (identical pixels would be refused: two labels)
+    make.png(tmp_path / "s1.png", np.ascontiguousarray(g[:, ::-1]).astype(np.uint16) * 257)
     (tmp_path / "m.csv").write_text(
         "path,label,patient_id,modality,kind,format\n"
         "s0.png,1,a,ct,slice,png\ns1.png,0,b,ct,slice,png\n"
@@ -194,4 +195,4 @@ def test_ct_png_slices_are_taken_as_windowed_grey(tmp_path, make):
     ims = load_image_set(tmp_path / "m.csv", modality="ct", size=16, ct_window="mediastinal")
     expected = torch.from_numpy(g / 255.0 * 2 - 1).float()
     torch.testing.assert_close(ims.images[0, 0], expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(ims.images[1, 0], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ims.images[1, 0], expected.flip(1), atol=1e-4, rtol=0)

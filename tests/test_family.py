@@ -205,28 +205,44 @@ def _cycle_error(model, x, y):
     return (ea + eb).item() / 2
 
 
-def _cycle_cfg(steps):
-    return _cfg("cyclegan", width=8, params={"n_res": 1, "pool_size": 8, "examples": 4},
+def _cycle_cfg(steps, pool_size=8):
+    return _cfg("cyclegan", width=8, params={"n_res": 1, "pool_size": pool_size},
                 steps=steps, batch_size=8, tick_every=5, sample_every=1000, checkpoint_every=1000, seed=0)
 
 
-def test_cyclegan_cycle_error_falls_and_resume_is_exact(tmp_path):
+def test_cyclegan_cycle_error_falls_and_resume_is_exact_without_a_pool(tmp_path):
     x, y = _two_domains()
     held_x, held_y = _two_domains(16, seed=1)
     torch.manual_seed(0)
     before = _cycle_error(build_model(_cycle_cfg(30).model), held_x, held_y)
-    train(_cycle_cfg(30), x, y, tmp_path / "full")
-    _, trained, _ = load_trained(tmp_path / "full")
+    res = train(_cycle_cfg(30), x, y, tmp_path / "full")
+    assert int(res.model.pool_a_n) == 8  # the pool filled during training ...
+    _, trained, ck = load_trained(tmp_path / "full")
+    assert not any(k.startswith("pool_") for k in ck["model"])  # ... and stays out of the checkpoint
     after = _cycle_error(trained, held_x, held_y)
     assert after < 0.6 * before, (before, after)
-    # resume through the loop: pools and stored examples are buffers, so it continues exactly
-    train(_cycle_cfg(15), x, y, tmp_path / "half")
-    train(_cycle_cfg(30), x, y, tmp_path / "half", resume=True)
-    _, resumed, _ = load_trained(tmp_path / "half")
-    sa, sb = trained.state_dict(), resumed.state_dict()
-    assert int(sa["pool_a_n"]) == 8 and int(sa["examples_b_n"]) > 4
+    # resume through the loop is exact when there is no history pool (the pool is never checkpointed)
+    train(_cycle_cfg(30, pool_size=0), x, y, tmp_path / "nopool")
+    train(_cycle_cfg(15, pool_size=0), x, y, tmp_path / "half")
+    train(_cycle_cfg(30, pool_size=0), x, y, tmp_path / "half", resume=True)
+    _, a, _ = load_trained(tmp_path / "nopool")
+    _, b, _ = load_trained(tmp_path / "half")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def test_cyclegan_refuses_the_removed_examples_parameter_in_one_line():
+    with pytest.raises(MedsynthError, match="model.params.examples.*keeps no real training images"):
+        _model("cyclegan", params={"examples": 16})
+
+
+def test_cyclegan_resume_with_a_pool_refills_it(tmp_path):
+    x, y = _two_domains()
+    train(_cycle_cfg(4), x, y, tmp_path / "r")
+    res = train(_cycle_cfg(6), x, y, tmp_path / "r", resume=True)  # pool empty after resume: refilled
+    assert res.step == 6 and 0 < int(res.model.pool_a_n) <= 8
 
 
 @pytest.mark.parametrize("labels", [[0] * 8, [1] * 8])
@@ -237,15 +253,15 @@ def test_cyclegan_batch_with_one_domain_trains(labels):
         assert torch.isfinite(loss) and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
 
 
-def test_cyclegan_sample_translates_stored_examples_of_the_other_domain():
+def test_cyclegan_sample_uses_no_training_image():
     m = _model("cyclegan")
     batch = _batch()
-    m.loss("G", batch, StepInfo(0, 8))  # remembers the real examples of each domain
-    assert int(m.examples_a_n) == 4 and int(m.examples_b_n) == 4
-    out = m.sample(6, labels=1, generator=torch.Generator().manual_seed(0))  # target B <- stored A
-    candidates = m.translate(m.examples_a[:4], "a2b")
-    for img in out:
-        assert min((img - c).abs().max().item() for c in candidates) < 1e-6
+    before = m.sample(6, labels=1, generator=torch.Generator().manual_seed(0))
+    for phase in ("G", "D"):
+        m.loss(phase, batch, StepInfo(0, 8))
+    after = m.sample(6, labels=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(before, after)  # training batches seen (and pooled fakes) change nothing: noise inputs
+    assert set(m.state_dict()).isdisjoint({"pool_a", "pool_b", "pool_a_n", "pool_b_n"})
     assert m.translate(batch.images, "b2a").shape == batch.images.shape
     with pytest.raises(ValueError, match="direction"):
         m.translate(batch.images, "sideways")

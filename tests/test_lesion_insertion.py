@@ -39,7 +39,7 @@ def _real(n_patients: int = 30, size: int = 16, seed: int = 0) -> ImageSet:
 
 def _cfg(size: int = 16, split="train"):
     return resolve(base={"model": {"name": "cyclegan", "width": 4, "num_classes": 2,
-                                   "params": {"n_res": 1, "pool_size": 4, "examples": 2}},
+                                   "params": {"n_res": 1, "pool_size": 4}},
                          "data": {"size": size, "spatial_dims": 2, "modality": "xray", "split": split}})
 
 
@@ -114,15 +114,16 @@ def test_pipeline_runs_end_to_end_on_a_tiny_set(tmp_path):
     for k in ("before", "after", "real_positive"):
         m, lo, hi = res["check"][k]["mean_score"]
         assert 0 <= lo <= m <= hi <= 1
-    # written translated set: training split, label 1, marked synthetic, no source identifier
+    # written translated set: training split, label 1, marked as translations, no source identifier
     df = pd.read_csv(syn / "manifest.csv")
     assert len(df) == n_neg
-    assert (df["split"] == "train").all() and (df["label"] == 1).all() and (df["source"] == "synthetic").all()
-    assert df["patient_id"].str.startswith("SYNTHETIC-").all()
+    assert (df["split"] == "train").all() and (df["label"] == 1).all() and (df["source"] == "translated").all()
+    assert df["patient_id"].str.startswith("TRANSLATED-").all()
     import pydicom
 
     ds = pydicom.dcmread(syn / df["path"].iloc[0])
-    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.PatientID.startswith("SYNTHETIC")
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.PatientID.startswith("TRANSLATED")
+    assert "TRANSLATION" in ds.SeriesDescription.upper()
     blob = b"".join(p.read_bytes() for p in syn.iterdir())
     assert b"PHANTOM-" not in blob
     # rerun: the benchmark result is reused, not recomputed

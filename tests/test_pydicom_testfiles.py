@@ -76,13 +76,20 @@ def test_dicomdir_tree_series():
     folder = TEST_FILES / "dicomdirtests" / "77654033" / "CT2"
     if not folder.is_dir():
         pytest.skip(f"{folder} not shipped")
+    # CT2 holds instances 18 and 180-182 of one series: a 202.5 mm gap in a 1.25 mm series.
+    # It used to be read as a 4-slice volume with 1.25 mm spacing; now it is refused, naming the gap.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            series = read_dicom_series(folder)
-        except MedsynthError as exc:  # compressed slices without codecs
-            assert not CODECS and "codecs" in exc.problem
-            return
-    assert len(series) >= 1
-    for rec in series:
-        assert np.isfinite(rec.array).all() and rec.meta["n_slices"] >= 1
+        with pytest.raises(MedsynthError) as ei:
+            read_dicom_series(folder)
+    msg = str(ei.value)
+    assert "\n" not in msg and "uneven slice spacing" in msg and "202.5 mm gap" in msg and "1.25 mm" in msg
+    assert "1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.2" in msg  # the series, by UID
+    # the three contiguous slices alone form an even 1.25 mm volume
+    import pydicom as _pd
+
+    items = [(f, _pd.dcmread(f, stop_before_pixels=True)) for f in sorted(folder.rglob("*")) if f.is_file()]
+    from medsynth.data.readers import _read_series
+
+    rec = _read_series("uid", [it for it in items if int(it[1].InstanceNumber) >= 180], None)
+    assert rec.meta["n_slices"] == 3 and abs(rec.spacing[0] - 1.25) < 1e-3 and np.isfinite(rec.array).all()

@@ -176,13 +176,14 @@ def test_report_files_figures_and_numbers(tmp_path, evaluated):
     assert out == tmp_path / "reports" / run.name
     rep = json.loads((out / "report.json").read_text())
     assert (rep["kind"], rep["schema_version"]) == ("report", results.SCHEMA_VERSION)
-    assert set(rep["figures"].values()) == {
-        "eval_fig_samples.png", "eval_fig_intensity.png", "eval_fig_closest_pairs.png", "eval_fig_dcr_nndr.png",
-        "fig_benchmark.png", "fig_training_curves.png", "fig_last_training_grid.png"}
+    assert set(rep["figures"].values()) == {  # no figure with real training images (no --show-real)
+        "eval_fig_intensity.png", "eval_fig_dcr_nndr.png", "fig_benchmark.png", "fig_training_curves.png",
+        "fig_last_training_grid.png"}
     for f in ["report.md", "report.html", *rep["figures"].values()]:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-    assert (out / "eval_fig_closest_pairs.png").read_bytes() == (run / "evaluate" / "fig_closest_pairs.png").read_bytes()
+    assert (out / "eval_fig_dcr_nndr.png").read_bytes() == (run / "evaluate" / "fig_dcr_nndr.png").read_bytes()
     assert (out / "fig_benchmark.png").read_bytes() == (run / "benchmark" / "plot.png").read_bytes()
+    assert rep["contains_patient_images"] is False
 
     ev = json.loads((run / "evaluate" / "evaluation.json").read_text())
     assert rep["fidelity"] == ev["fidelity"] and rep["privacy"] == ev["privacy"]
@@ -289,7 +290,53 @@ def test_report_without_benchmark_and_3d_volumes(tmp_path):
     assert rep["benchmark"] is None and rep["headline"]["benchmark"] is None
     assert "No benchmark results" in md and "Not measured: no benchmark results" in md
     assert rep["summary"]["image_shape"] == [1, 16, 16, 16] and "(16 × 16 × 16)" in md
-    assert "central slices" in md
+    shown = (build_report(run, out_root=tmp_path / "shown", show_real=True) / "report.md").read_text()
+    assert "central slices" in shown and "central slices" not in md
+
+
+def test_report_shows_real_training_images_only_when_asked(tmp_path, evaluated):
+    from medsynth.report.sections import PATIENT_IMAGES_WARNING
+
+    run = _fake_run(tmp_path, evaluated)
+    real_figs = {"eval_fig_samples.png", "eval_fig_closest_pairs.png"}
+    # asked: the evaluation's figures with real training images, and the first line says so
+    out = build_report(run, out_root=tmp_path / "r", show_real=True)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["contains_patient_images"] is True and real_figs <= set(rep["figures"].values())
+    for name in real_figs:
+        assert (out / name).read_bytes() == (run / "evaluate" / name.removeprefix("eval_")).read_bytes()
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert md.splitlines()[0] == PATIENT_IMAGES_WARNING and "CONTAINS PATIENT IMAGES" in md.splitlines()[0]
+    body = html.split("<body>", 1)[1].lstrip()
+    assert body.startswith("<p><strong>CONTAINS PATIENT IMAGES:</strong>")
+    # default, into the same folder: the copies an earlier --show-real report left are removed
+    out = build_report(run, out_root=tmp_path / "r")
+    rep = json.loads((out / "report.json").read_text())
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert rep["contains_patient_images"] is False and not real_figs & set(rep["figures"].values())
+    assert not [p.name for p in out.iterdir() if p.name in real_figs]
+    assert "PATIENT IMAGES" not in md and "PATIENT IMAGES" not in html
+    assert "The closest-pairs figure is left out: it shows real training images" in _md_section(md, "Privacy")
+    assert "fig_samples.png" in _md_section(md, "Fidelity") and "--show-real" in _md_section(md, "Fidelity")
+    assert set(rep["provenance"]["withheld_figures"]) == {"fig_samples.png", "fig_closest_pairs.png"}
+    # no embedded figure is one of the evaluation's real-image PNGs
+    import base64
+
+    embedded = {base64.b64decode(b) for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)}
+    assert not embedded & {(run / "evaluate" / n.removeprefix("eval_")).read_bytes() for n in real_figs}
+
+
+def test_report_withholds_the_input_path_of_an_older_run(tmp_path, evaluated):
+    secret = "/data/ACC-123456/chest"
+    run = _fake_run(tmp_path, evaluated)
+    cfg = (run / "config.yaml").read_text().replace("source: default", f"source: {secret}")
+    (run / "config.yaml").write_text(cfg)
+    out = build_report(run, out_root=tmp_path / "r")
+    for f in out.iterdir():
+        assert b"ACC-123456" not in f.read_bytes(), f.name
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["summary"]["data_source"] == "<input path withheld>"
+    assert rep["config"]["data"]["source"] == "<input path withheld>"
 
 
 def test_html_escapes_hostile_strings(tmp_path, evaluated):

@@ -234,6 +234,80 @@ def test_synthetic_nifti_and_png(tmp_path):
         write_synthetic_set(tmp_path / "bad", x2, [0], modality="xray", fmt="png", info=INFO)
 
 
+TRANSLATION = SyntheticInfo(model="cyclegan", run="00004-xray-cyclegan", translation="a2b")
+
+
+def _png_text(path: Path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return dict(im.text)
+
+
+def _nifti_marks(path: Path) -> tuple[str, str, list[tuple[int, bytes]]]:
+    img = nib.load(path)
+    h = img.header
+    return (h["descrip"].item().decode(), h.get_intent()[2],
+            [(e.get_code(), e.get_content()) for e in h.extensions])
+
+
+def test_synthetic_png_and_nifti_carry_the_marking_in_the_file(tmp_path):
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    for fmt, modality in (("png", "xray"), ("png", "ct"), ("nifti", "xray"), ("nifti", "ct")):
+        out = tmp_path / f"{fmt}-{modality}"
+        df = write_synthetic_set(out, x, [0, 1], modality=modality, fmt=fmt, info=INFO)
+        assert (df["source"] == "synthetic").all() and all(p.startswith("synthetic_") for p in df["path"])
+        for rel in df["path"]:
+            if fmt == "png":
+                text = _png_text(out / rel)
+                assert text["medsynth:synthetic"] == "true" and text["medsynth:translation"] == "false"
+                assert text["Software"] == "medsynth" and text["Description"] == INFO.long_description()
+                assert "SYNTHETIC IMAGE" in text["Description"] and INFO.run in text["Description"]
+            else:
+                descrip, intent_name, ext = _nifti_marks(out / rel)
+                assert descrip.startswith("SYNTHETIC image, medsynth dcgan") and len(descrip) <= 80
+                assert intent_name == "SYNTHETIC"
+                assert ext == [(6, INFO.long_description().encode())]
+    # the marking survives 16-bit PNG and the pixels are unchanged by it
+    from PIL import Image
+
+    write_png(tmp_path / "m16.png", x[0, 0], bits=16, info=INFO)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m16.png")),
+                                  np.asarray(Image.open(write_png(tmp_path / "plain.png", x[0, 0], bits=16))))
+    assert _png_text(tmp_path / "m16.png")["medsynth:synthetic"] == "true"
+    assert "medsynth:synthetic" not in _png_text(tmp_path / "plain.png")  # unmarked unless asked
+    assert _nifti_marks(write_nifti(tmp_path / "plain.nii.gz", np.zeros((4, 4))))[1:] == ("", [])
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "png", "nifti"])
+def test_translations_are_marked_as_derived_from_patient_data_not_synthetic(tmp_path, fmt):
+    x = np.random.default_rng(6).uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    df = write_synthetic_set(tmp_path, x, [1, 1], modality="xray", fmt=fmt, info=TRANSLATION)
+    assert (df["source"] == "translated").all() and all(p.startswith("translated_") for p in df["path"])
+    assert all(pid.startswith("TRANSLATED-") for pid in df["patient_id"])
+    assert pd.read_csv(tmp_path / "manifest.csv")["source"].tolist() == ["translated", "translated"]
+    long = TRANSLATION.long_description()
+    assert long.startswith("TRANSLATION of a real image by medsynth")
+    assert "NOT SYNTHETIC: derived from patient data" in long
+    for rel in df["path"]:
+        f = tmp_path / rel
+        if fmt == "dicom":
+            ds = pydicom.dcmread(f)
+            assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+            assert ds.ImageComments == long and ds.DerivationDescription == long
+            assert "TRANSLATION" in ds.SeriesDescription and "synthetic" not in ds.SeriesDescription.lower()
+            assert ds.PatientID.startswith("TRANSLATED-") and str(ds.PatientName) == "TRANSLATED"
+        elif fmt == "png":
+            text = _png_text(f)
+            assert text["medsynth:synthetic"] == "false" and text["medsynth:translation"] == "true"
+            assert text["Description"] == long
+        else:
+            descrip, intent_name, ext = _nifti_marks(f)
+            assert descrip.startswith("TRANSLATION of a real image") and "NOT SYNTHETIC" in descrip
+            assert intent_name == "TRANSLATION" and ext == [(6, long.encode())]
+
+
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian dicom3tools) not installed")
 def test_dciodvfy_reports_no_errors(tmp_path, dx12):
     files = [

@@ -18,7 +18,11 @@ Sources:
   patient is used (``dicom > dicom_series > nifti > png > npz``).
 * **folder**: scanned recursively for DICOM, NIfTI, PNG/JPEG and ``.npz`` files. Multi-slice
   DICOM series (grouped by ``SeriesInstanceUID``) form volumes; other DICOM files are single
-  images. DICOM files whose ``Modality`` tag names the other modality are skipped. Labels come
+  images. Files that cannot be images of the run's modality (other modalities, colour, empty,
+  not DICOM, no image, other file types: :mod:`medsynth.data.checks`) are skipped with ONE
+  summary warning (``skipped 12 of 80 files: 7 MR, 3 US, 2 RGB``), each named at info level
+  and in ``ImageSet.skipped``; a folder with nothing usable is refused. The scan reads headers
+  only: a file that passes it but whose pixels cannot be decoded stops the load. Labels come
   from ``labels.csv`` in the folder when present (columns ``path`` or ``file`` relative to
   the folder (or a bare file name), ``label``, optional ``patient_id``, ``split``), else -1;
   patient ids from ``labels.csv``, else the DICOM ``PatientID``, else the file stem.
@@ -27,8 +31,20 @@ Sources:
 * **LIDC folder** (holds ``nodules_axial_50px.npz``): handed to
   ``medsynth.data.lidc.load_lidc``.
 
+A manifest lists its files one by one, so an unsuitable file listed in it is not skipped: the
+manifest is refused with the count per reason. A file listed twice is loaded once
+(:func:`medsynth.data.manifest.drop_duplicate_rows`); one listed under two patient IDs or with
+two labels is refused.
+
 Where a source has no split information, a patient-level split (60/20/20, seed 0, stratified
 by label; :func:`medsynth.data.manifest.patient_split`) is assigned.
+
+Splits are checked by content too: every image's decoded pixels are hashed
+(:func:`medsynth.data.checks.pixel_hash`) and the same pixels on two sides of the split are
+refused in one line naming both files and patients, whatever their patient IDs say; the same
+pixels twice on one side with one label are kept once (warning, ``ImageSet.skipped``). The
+check covers the rows loaded: with ``split=`` (training) that split alone; every consumer of
+several splits (evaluate, benchmark) loads them together and so gets the full check.
 
 CT images given as PNG/JPEG grey levels are assumed to have been written in the requested
 ``ct_window``: grey 0..max maps back to that window's HU range before the pipeline.
@@ -49,13 +65,13 @@ import torch
 
 from medsynth.atomic import atomic_path
 from medsynth.data import lidc
+from medsynth.data.checks import Refusal, check_duplicates, header_refusal, log_skipped, pixel_hash, relative, summary
 from medsynth.data.imageset import ImageSet
-from medsynth.data.manifest import patient_split, read_manifest, select_rows
+from medsynth.data.manifest import drop_duplicate_rows, patient_split, read_manifest, select_rows
 from medsynth.data.readers import (
-    _dcmread,
+    _iter_files,
     _read_series,
     detect_format,
-    dicom_modality,
     load_npz_arrays,
     read_image,
     take_slices,
@@ -66,7 +82,7 @@ from medsynth.errors import MedsynthError
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _SPLIT_ALIASES = {"valid": "val", "validation": "val", "training": "train", "testing": "test"}
 
 
@@ -93,7 +109,8 @@ def load_two_domains(source_a: str | Path, source_b: str | Path, **kwargs) -> "I
         **kwargs: :func:`load_image_set` arguments, applied to both.
 
     Returns:
-        ``ImageSet`` with A's rows first; the files' own labels are replaced by the domain.
+        ``ImageSet`` with A's rows first; the files' own labels are replaced by the domain;
+        ``skipped`` paths are prefixed ``domain_a/`` or ``domain_b/``.
 
     Raises:
         MedsynthError: a domain has no images (naming it).
@@ -105,10 +122,11 @@ def load_two_domains(source_a: str | Path, source_b: str | Path, **kwargs) -> "I
             raise MedsynthError(name, f"no images in {src} (split {kwargs.get('split')})")
         sets.append(s)
     a, b = sets
+    skipped = [(f"domain_a/{p}", r) for p, r in a.skipped] + [(f"domain_b/{p}", r) for p, r in b.skipped]
     return ImageSet(images=torch.cat([a.images, b.images]),
                     labels=torch.cat([torch.zeros(len(a), dtype=torch.long), torch.ones(len(b), dtype=torch.long)]),
                     patient_ids=list(a.patient_ids) + list(b.patient_ids), paths=list(a.paths) + list(b.paths),
-                    splits=list(a.splits) + list(b.splits), modality=a.modality)
+                    splits=list(a.splits) + list(b.splits), modality=a.modality, skipped=skipped)
 
 
 def load_image_set(
@@ -139,7 +157,9 @@ def load_image_set(
 
     Raises:
         MedsynthError: missing/unreadable sources or files, no images of the modality,
-            constant or non-finite images.
+            constant or non-finite images, unsuitable files listed in a manifest (or given
+            alone), the same pixels on two sides of the split or with two labels, a file under
+            two patient IDs, an uneven CT series.
     """
     source = Path(source)
     if modality not in ("xray", "ct"):
@@ -167,17 +187,25 @@ def load_image_set(
         if cache_file.exists():
             try:
                 log.info("loading cached image set %s", cache_file)
-                return _load_cache(cache_file)
+                cached = _load_cache(cache_file)
+                if cached.skipped:
+                    log.warning("%s: %d file(s) skipped when this cached set was built, e.g. %s (%s)",
+                                source, len(cached.skipped), *cached.skipped[0])
+                return cached
             except Exception as exc:  # a damaged cache is rebuilt, not fatal
                 log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
 
+    skipped: list[tuple[str, str]] = []
     if source.is_file() and source.suffix.lower() == ".csv":
         items = _items_from_manifest(source, modality, spatial_dims, split)
     elif source.is_file() and source.suffix.lower() == ".npz":
         items = _items_from_npz(source, modality, spatial_dims)
     elif source.is_dir():
-        items = _items_from_folder(source, modality, spatial_dims)
+        items, skipped = _items_from_folder(source, modality, spatial_dims)
     else:
+        refusal, _ = header_refusal(source, modality)
+        if refusal is not None:
+            raise MedsynthError(source, f"{refusal.reason} (a {modality} run)")
         rec = read_image(source, modality=modality)
         items = [_Item(str(source), -1, source.stem, "", array=rec.array)]
 
@@ -190,7 +218,9 @@ def load_image_set(
         if not items:
             raise MedsynthError(source, f"no {modality} images in split {split!r}")
 
-    ims = _build(items, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window)
+    base = source if source.is_dir() else source.parent
+    ims = _build(items, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window,
+                 where=source, base=base, skipped=skipped)
     if cache_file is not None:
         _save_cache(cache_file, ims)
     return ims
@@ -198,7 +228,7 @@ def load_image_set(
 
 # ----------------------------------------------------------------------------- sources
 def _items_from_manifest(csv: Path, modality: str, spatial_dims: int, split: str | None) -> list[_Item]:
-    df = read_manifest(csv)
+    df = drop_duplicate_rows(read_manifest(csv), path=csv)
     if "modality" in df.columns:
         df = df[df["modality"].isin([modality, ""])]
     if "split" not in df.columns or (df["split"] == "").any():
@@ -220,11 +250,36 @@ def _items_from_manifest(csv: Path, modality: str, spatial_dims: int, split: str
         if want is not None:
             df = df[df["kind"].isin([want, ""])]
     df = select_rows(df)
+    _refuse_unsuitable(list(df["path"]), csv, modality)
     items = []
     for r in df.to_dict("records"):
         items.append(_Item(str(r["path"]), int(r["label"]), str(r["patient_id"]), str(r.get("split", "") or ""),
                            mask=str(r.get("mask", "") or "")))
     return items
+
+
+def _refuse_unsuitable(paths: list[str], csv: Path, modality: str) -> None:
+    """Refuse a manifest listing files that cannot be images of ``modality``, with the count.
+
+    Each listed file is checked from its header (:func:`medsynth.data.checks.header_refusal`);
+    a listed DICOM series folder has each of its DICOM files checked (files of other types and
+    DICOM objects without an image in it are ignored, as the series reader does).
+    """
+    refused: list[tuple[str, Refusal]] = []
+    n = 0
+    base = csv.resolve().parent
+    for p in map(Path, paths):
+        files = [f for f in _iter_files(p) if detect_format(f) == "dicom"] if p.is_dir() else [p]
+        for f in files:
+            n += 1
+            refusal, _ = header_refusal(f, modality)
+            if refusal is not None and not (p.is_dir() and refusal.label == "no image"):
+                refused.append((relative(str(f), base), refusal))
+    if refused:
+        rel, first = refused[0]
+        raise MedsynthError(csv, f"{summary([r for _, r in refused], n, verb='refused')} listed for a {modality} "
+                                 f"run (e.g. {rel}: {first.reason}); a manifest lists each file on purpose, so "
+                                 "none is skipped: remove or fix those rows")
 
 
 def _items_from_npz(path: Path, modality: str, spatial_dims: int) -> list[_Item]:
@@ -283,12 +338,22 @@ def _read_labels_csv(folder: Path) -> dict[str, dict]:
     if key is None or "label" not in df.columns:
         raise MedsynthError(f, "labels.csv needs a 'path' (or 'file') column and a 'label' column")
     out = {}
-    for r in df.to_dict("records"):
+    for line, r in enumerate(df.to_dict("records"), start=2):
         try:
             r["label"] = int(float(r["label"])) if str(r["label"]).strip() != "" else -1
         except ValueError:
             raise MedsynthError(f, f"label {r['label']!r} is not an integer") from None
-        out[Path(str(r[key])).as_posix().lstrip("./")] = r
+        k = Path(str(r[key])).as_posix().lstrip("./")
+        if k in out:
+            prev = out[k]
+            for col, what in (("patient_id", "patient IDs"), ("label", "labels")):
+                if str(prev.get(col, "")) != str(r.get(col, "")):
+                    raise MedsynthError(f, f"{k} is listed under two {what} ({prev.get(col)} on line {prev['_line']}, "
+                                           f"{r.get(col)} on line {line}); a file belongs to one patient and one label")
+            log.warning("%s: %s listed again on line %d (kept once)", f, k, line)
+            continue
+        r["_line"] = line
+        out[k] = r
     return out
 
 
@@ -302,30 +367,33 @@ def _lookup(labels: dict, folder: Path, path: Path) -> dict:
     return {}
 
 
-def _items_from_folder(folder: Path, modality: str, spatial_dims: int) -> list[_Item]:
+def _items_from_folder(folder: Path, modality: str, spatial_dims: int) -> tuple[list[_Item], list[tuple[str, str]]]:
+    """The folder's usable images (sorted by path) and its skipped files ``(relative path, reason)``.
+
+    Raises:
+        MedsynthError: an empty folder, or no usable image of ``modality`` (with the summary).
+    """
     labels = _read_labels_csv(folder)
     items: list[_Item] = []
     dicom: dict[str, list] = {}
-    n_files = 0
+    skipped: list[tuple[str, str]] = []
+    refusals: list[Refusal] = []
+    n_all = n_files = 0
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
             f = Path(root) / name
-            n_files += 1
+            n_all += 1
             if name == "labels.csv":
                 continue
-            fmt = detect_format(f)
-            if fmt is None:
+            n_files += 1
+            refusal, ds = header_refusal(f, modality)
+            if refusal is not None:
+                skipped.append((relative(str(f), folder), refusal.reason))
+                refusals.append(refusal)
                 continue
+            fmt = detect_format(f)
             if fmt == "dicom":
-                ds = _dcmread(f, stop_before_pixels=True)
-                if "Rows" not in ds:
-                    log.debug("skipping %s: no image", f)
-                    continue
-                mod = dicom_modality(ds.get("Modality"))
-                if mod not in ("unknown", modality):
-                    log.info("skipping %s: modality %s, not %s", f, mod, modality)
-                    continue
                 uid = str(ds.get("SeriesInstanceUID", "")) or f"<no-uid:{f}>"
                 dicom.setdefault(uid, []).append((f, ds))
                 continue
@@ -336,12 +404,11 @@ def _items_from_folder(folder: Path, modality: str, spatial_dims: int) -> list[_
             stem = f.name.split(".")[0]
             items.append(_Item(str(f), int(lab.get("label", -1)), str(lab.get("patient_id") or stem),
                                str(lab.get("split", "") or "").lower()))
-    if n_files == 0:
+    if n_all == 0:
         raise MedsynthError(folder, "empty folder")
     for uid, group in sorted(dicom.items()):
-        is_volume = len(group) > 1 and all(
-            int(d.get("NumberOfFrames", 1) or 1) == 1 and d.get("ImagePositionPatient") is not None for _, d in group
-        ) and (modality == "ct")
+        is_volume = len(group) > 1 and all(int(d.get("NumberOfFrames", 1) or 1) == 1 for _, d in group) \
+            and modality == "ct"
         if is_volume:
             parent = Path(os.path.commonpath([str(f) for f, _ in group]))
             lab = _lookup(labels, folder, parent) if parent != folder else {}
@@ -353,8 +420,12 @@ def _items_from_folder(folder: Path, modality: str, spatial_dims: int) -> list[_
                 lab = _lookup(labels, folder, f)
                 pid = str(lab.get("patient_id") or d.get("PatientID", "") or f.stem)
                 items.append(_Item(str(f), int(lab.get("label", -1)), pid, str(lab.get("split", "") or "").lower()))
+    if not items:
+        detail = f": {summary(refusals, n_files)}" if refusals else ""
+        raise MedsynthError(folder, f"no {modality} images found{detail}")
+    log_skipped(folder, skipped, refusals, n_files)
     items.sort(key=lambda it: it.path)
-    return items
+    return items, skipped
 
 
 def _assign_splits(items: list[_Item]) -> None:
@@ -409,12 +480,26 @@ def _prepare(item: _Item, modality: str, spatial_dims: int, ct_window) -> np.nda
     return np.ascontiguousarray(arr[None], dtype=np.float32)
 
 
-def _build(items: list[_Item], *, modality: str, size: int, spatial_dims: int, ct_window) -> ImageSet:
+def _build(items: list[_Item], *, modality: str, size: int, spatial_dims: int, ct_window, where: Path,
+           base: Path, skipped: list[tuple[str, str]]) -> ImageSet:
+    """Decode, check by content (:func:`medsynth.data.checks.check_duplicates`) and transform the items.
+
+    ``where`` names the source in messages, ``base`` is the folder paths are shown relative
+    to, ``skipped`` the source's files already left out (the repeats dropped here are added).
+    """
     pipe = pipeline_for(modality, size, window=ct_window, spatial_dims=spatial_dims)
     out = torch.empty((len(items), 1) + (int(size),) * spatial_dims, dtype=torch.float32)
+    hashes = []
     for i, it in enumerate(items):
         x = _prepare(it, modality, spatial_dims, ct_window)
+        hashes.append(pixel_hash(x))
         out[i] = pipe({"image": x})["image"]
+    shown = [relative(it.path, base) for it in items]
+    keep, dropped = check_duplicates(hashes, shown, [it.patient_id for it in items], [it.split for it in items],
+                                     [it.label for it in items], where=where)
+    items = [items[i] for i in keep]
+    if dropped:
+        out = out[torch.as_tensor(keep, dtype=torch.long)]
     log.info("loaded %d %s images at %d px", len(items), modality, size)
     return ImageSet(
         images=out,
@@ -423,6 +508,7 @@ def _build(items: list[_Item], *, modality: str, size: int, spatial_dims: int, c
         paths=[it.path for it in items],
         splits=[it.split for it in items],
         modality=modality,
+        skipped=sorted(skipped + dropped),
     )
 
 
@@ -467,7 +553,8 @@ def _save_cache(cache_file: Path, ims: ImageSet) -> None:
     with atomic_path(cache_file, ".npz.tmp") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, images=ims.images.numpy(), labels=ims.labels.numpy(),
                  patient_ids=np.array(ims.patient_ids, dtype=str), paths=np.array(ims.paths, dtype=str),
-                 splits=np.array(ims.splits, dtype=str), modality=np.array(ims.modality))
+                 splits=np.array(ims.splits, dtype=str), modality=np.array(ims.modality),
+                 skipped=np.array(ims.skipped, dtype=str).reshape(-1, 2))
 
 
 def _load_cache(cache_file: Path) -> ImageSet:
@@ -479,4 +566,5 @@ def _load_cache(cache_file: Path) -> ImageSet:
             paths=[str(s) for s in z["paths"]],
             splits=[str(s) for s in z["splits"]],
             modality=str(z["modality"]),
+            skipped=[(str(p), str(r)) for p, r in z["skipped"]],
         )

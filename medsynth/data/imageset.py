@@ -6,7 +6,7 @@ import it one way and never each other in a cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ class ImageSet:
         paths: N source paths (``file.npz#i`` for images inside an npz).
         splits: N of ``"train"``, ``"val"``, ``"test"`` (or ``""``).
         modality: ``"xray"`` or ``"ct"``.
+        skipped: the files of the source that were left out, as ``(path relative to the data
+            source, reason)``: unsuitable files of a folder (other modality, colour, empty, not
+            DICOM...) and images repeated within a split (kept once). ``run/data_report.json``
+            records them. Kept by :meth:`subset` and :meth:`split` (they describe the source).
     """
 
     images: torch.Tensor
@@ -31,6 +35,7 @@ class ImageSet:
     paths: list[str]
     splits: list[str]
     modality: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
         n = int(self.images.shape[0])
@@ -62,6 +67,7 @@ class ImageSet:
             paths=[self.paths[i] for i in idx],
             splits=[self.splits[i] for i in idx],
             modality=self.modality,
+            skipped=list(self.skipped),
         )
 
     def split(self, name: str) -> "ImageSet":

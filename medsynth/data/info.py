@@ -6,13 +6,17 @@ prints. Keys present depend on what ``path`` is:
 * every result: ``path``, ``kind`` (``"image"``, ``"folder"``, ``"manifest"``, ``"npz"``).
 * image: ``format``, ``modality``, ``shape``, ``spacing_mm``, ``intensity`` (min, max, mean,
   p0.5, p50, p99.5 in native units: HU for CT), ``photometric``, ``dicom_modality``,
-  ``transfer_syntax``, ``series_uid``, ``patient_id`` where known.
+  ``sop_class`` (name and UID), ``rescale`` (where an enhanced file's rescale came from),
+  ``transfer_syntax``, ``series_uid``, ``patient_id`` where known, and ``usable`` (run
+  modality -> ``"yes"`` or ``"no: <why it would be refused or skipped>"``,
+  :mod:`medsynth.data.checks`).
 * folder: ``files`` (count per format), ``series`` (DICOM series: uid, modality, slices, patient),
   ``labels`` (label -> count from ``labels.csv``), ``first_image`` (the description of the
-  first readable image), ``lidc`` (True for the LIDC folder).
-* manifest: ``rows``, ``columns``, ``patients``, ``missing_files``, ``labels`` (label -> count)
-  and ``counts`` (column -> value -> count for ``modality``, ``format``, ``kind``, ``split``,
-  ``source``).
+  first readable image), ``lidc`` (True for the LIDC folder), ``would_skip`` (run modality ->
+  the summary line a load of the folder would log, or ``"nothing"``).
+* manifest: ``rows``, ``columns``, ``patients``, ``missing_files``, ``duplicate_rows`` (rows
+  repeating a file, loaded once), ``labels`` (label -> count) and ``counts`` (column -> value ->
+  count for ``modality``, ``format``, ``kind``, ``split``, ``source``).
 * npz: ``arrays`` (name -> shape, dtype) and, for ``images``, ``intensity`` and ``labels``.
 """
 
@@ -26,6 +30,7 @@ import numpy as np
 
 from medsynth.errors import MedsynthError
 
+from .checks import dicom_refusal, header_refusal, sop_class_name, summary
 from .readers import (
     _dcmread,
     detect_format,
@@ -34,6 +39,17 @@ from .readers import (
     load_npz_arrays,
     read_image,
 )
+
+_RUNS = ("xray", "ct")
+
+
+def _refusals(path: Path) -> dict:
+    """Run modality -> the file's :class:`~medsynth.data.checks.Refusal` (or None), one header read."""
+    ref, ds = header_refusal(path, _RUNS[0])
+    out = {_RUNS[0]: ref}
+    for m in _RUNS[1:]:
+        out[m] = dicom_refusal(ds, m) if ds is not None else (header_refusal(path, m)[0] if ref is None else ref)
+    return out
 
 
 def _intensity(arr: np.ndarray) -> dict:
@@ -85,18 +101,24 @@ def _describe_image(path: Path, *, series_uid: str | None = None) -> dict:
         "spacing_mm": [round(float(s), 4) for s in rec.spacing],
         "intensity": _intensity(rec.array),
     }
-    for k in ("photometric", "dicom_modality", "transfer_syntax", "series_uid", "patient_id", "n_slices", "frames"):
+    for k in ("photometric", "dicom_modality", "transfer_syntax", "series_uid", "patient_id", "n_slices", "frames",
+              "rescale"):
         v = rec.meta.get(k)
         if v not in (None, ""):
             out[k] = v
+    if rec.meta.get("sop_class"):
+        out["sop_class"] = sop_class_name(rec.meta["sop_class"])
+    if path.is_file():
+        out["usable"] = {m: "yes" if r is None else f"no: {r.reason}" for m, r in _refusals(path).items()}
     return out
 
 
 def _describe_folder(folder: Path) -> dict:
     formats: Counter = Counter()
     series: dict[str, dict] = {}
+    refused: dict[str, list] = {m: [] for m in _RUNS}
     first = None
-    n = 0
+    n = n_files = 0
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
@@ -105,6 +127,10 @@ def _describe_folder(folder: Path) -> dict:
             fmt = detect_format(f)
             if name == "labels.csv":
                 continue
+            n_files += 1
+            for m, r in _refusals(f).items():
+                if r is not None:
+                    refused[m].append(r)
             formats[fmt or "other"] += 1
             if fmt == "dicom":
                 try:
@@ -131,7 +157,8 @@ def _describe_folder(folder: Path) -> dict:
                     pass
     if n == 0:
         raise MedsynthError(folder, "empty folder")
-    out = {"path": str(folder), "kind": "folder", "files": dict(formats), "series": list(series.values())}
+    out = {"path": str(folder), "kind": "folder", "files": dict(formats), "series": list(series.values()),
+           "would_skip": {m: summary(r, n_files) if r else "nothing" for m, r in refused.items()}}
     if (folder / "nodules_axial_50px.npz").exists():
         out["lidc"] = True
     labels_csv = folder / "labels.csv"
@@ -152,9 +179,10 @@ def _describe_folder(folder: Path) -> dict:
 
 
 def _describe_manifest(csv: Path) -> dict:
-    from .manifest import read_manifest
+    from .manifest import drop_duplicate_rows, read_manifest
 
     df = read_manifest(csv, check_files=False)
+    n_dup = len(df) - len(drop_duplicate_rows(df, path=csv))
     missing = [p for p in df["path"] if not os.path.exists(p)]
     out = {
         "path": str(csv),
@@ -163,6 +191,7 @@ def _describe_manifest(csv: Path) -> dict:
         "columns": list(map(str, df.columns)),
         "patients": int(df["patient_id"].nunique()),
         "missing_files": len(missing),
+        "duplicate_rows": n_dup,
         "labels": _counts(df["label"].tolist()),
     }
     out["counts"] = {col: _counts(df[col].tolist()) for col in ("modality", "format", "kind", "split", "source")

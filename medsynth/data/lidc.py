@@ -8,7 +8,9 @@ and ``labels.csv`` (one row per crop, row order = array index). The task keeps
 
 Splits are by patient (``lidc_patient_id``): ``sklearn.model_selection.StratifiedGroupKFold``
 with 5 folds (shuffled with ``seed``) gives test = fold 0, val = fold 1, train = folds 2-4, so
-about 60/20/20 with the class balance kept, and no patient on two sides.
+about 60/20/20 with the class balance kept, and no patient on two sides. The crops are
+checked by content as well (:func:`medsynth.data.checks.check_duplicates`): the same HU crop on
+two sides is refused, twice on one side kept once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.checks import check_duplicates, pixel_hash
 from medsynth.data.imageset import ImageSet
 from medsynth.data.windows import hu_to_unit
 from medsynth.errors import MedsynthError
@@ -144,6 +147,14 @@ def load_lidc(
 
     splits = lidc_patient_split(labels, pids, seed=seed)
     paths = [f"{npz_path}#{i}" for i in keep.tolist()]
+    # the same crop twice: refused across splits, kept once within one (none in the shipped data)
+    hashes = [pixel_hash(a) for a in hu[keep]]
+    kept, dropped = check_duplicates(hashes, [f"{fname}#{i}" for i in keep.tolist()], pids.tolist(), splits,
+                                     labels.tolist(), where=root)
+    if dropped:
+        idx = np.asarray(kept, dtype=np.int64)
+        x, labels, pids = x[torch.from_numpy(idx)], labels[idx], pids[idx]
+        splits, paths, keep = [splits[i] for i in kept], [paths[i] for i in kept], keep[idx]
     log.info(
         "LIDC %dD: %d crops (%d malignant), %d patients, size %s",
         spatial_dims, len(keep), int(labels.sum()), len(set(pids)), tuple(x.shape[2:]),
@@ -155,4 +166,5 @@ def load_lidc(
         paths=paths,
         splits=splits,
         modality="ct",
+        skipped=dropped,
     )

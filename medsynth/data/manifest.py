@@ -3,9 +3,15 @@
 A manifest has the required columns ``path``, ``label``, ``patient_id`` and the optional
 columns ``split`` (train|val|test), ``mask``, ``modality`` (xray|ct), ``format``
 (dicom|dicom_series|nifti|png|npz), ``kind`` (radiograph|slice|volume), ``source``
-(real|synthetic); any other column is kept. Paths are relative to the CSV's folder (absolute
-paths are allowed). :func:`read_manifest` returns them resolved to absolute paths and
-:func:`write_manifest` writes them back relative to the CSV.
+(real|synthetic|translated: CycleGAN translations of real images); any other column is kept.
+Paths are relative to the CSV's folder (absolute paths are allowed). :func:`read_manifest`
+returns them resolved to absolute paths and :func:`write_manifest` writes them back relative to
+the CSV.
+
+One file is one patient's: a path listed under two patient IDs, or with two labels, is refused
+(:func:`check_duplicate_paths`, on every read); a row repeating a file already listed (same path
+and kind) is dropped with a warning by :func:`drop_duplicate_rows` (the loaders call it), so no
+image is trained on twice.
 
 Format preference (:func:`select_rows`): when the same images are stored in several formats,
 one format is kept per patient (and kind), in the order ``dicom > dicom_series > nifti > png >
@@ -53,7 +59,8 @@ def read_manifest(csv: str | Path, *, check_files: bool = True) -> pd.DataFrame:
 
     Raises:
         MedsynthError: unreadable CSV, missing required columns, bad labels or splits,
-            missing files (the first few listed with the count), a patient in two splits.
+            missing files (the first few listed with the count), a patient in two splits, a
+            file listed under two patient IDs or with two labels.
     """
     csv = Path(csv)
     if not csv.is_file():
@@ -93,6 +100,7 @@ def read_manifest(csv: str | Path, *, check_files: bool = True) -> pd.DataFrame:
         if bad:
             raise MedsynthError(csv, f"unknown split value(s) {bad}; expected train, val or test")
         check_patient_split(df, path=csv)
+    check_duplicate_paths(df, path=csv)
     if check_files:
         paths = list(df["path"])
         if "mask" in df.columns:
@@ -102,6 +110,61 @@ def read_manifest(csv: str | Path, *, check_files: bool = True) -> pd.DataFrame:
             shown = ", ".join(os.path.relpath(p, base) if p.startswith(str(base)) else p for p in missing[:3])
             raise MedsynthError(csv, f"{len(missing)} listed file(s) missing, e.g. {shown}")
     return df
+
+
+def _path_keys(df: pd.DataFrame) -> pd.Series:
+    """One key per file: the path with ``..``, ``.`` and symbolic links resolved."""
+    return df["path"].map(lambda p: os.path.normcase(os.path.realpath(p)))
+
+
+def _shown(p: str, path) -> str:
+    base = Path(path).resolve().parent if path is not None else None
+    if base is not None and str(p).startswith(str(base)):
+        return Path(os.path.relpath(p, base)).as_posix()
+    return str(p)
+
+
+def check_duplicate_paths(df: pd.DataFrame, *, path: str | Path | None = None) -> None:
+    """Raise MedsynthError if one file is listed under two patient IDs or with two labels.
+
+    Args:
+        df: manifest rows with absolute ``path`` (as :func:`read_manifest` makes them).
+        path: the manifest, named in the message (listed paths are shown relative to it).
+    """
+    keys = _path_keys(df)
+    for col, what, why in (("patient_id", "patient IDs", "a file belongs to one patient"),
+                           ("label", "labels", "an image has one label")):
+        n = df.groupby(keys)[col].nunique()
+        bad = n[n > 1]
+        if len(bad):
+            rows = df[keys == bad.index[0]]
+            desc = ", ".join(f"{v} on line {i + 2}" for i, v in zip(rows.index, rows[col]))
+            more = f"; {len(bad)} files are" if len(bad) > 1 else ""
+            raise MedsynthError(path, f"{_shown(rows['path'].iloc[0], path)} is listed under {rows[col].nunique()} "
+                                      f"{what} ({desc}){more}; {why}")
+
+
+def drop_duplicate_rows(df: pd.DataFrame, *, path: str | Path | None = None) -> pd.DataFrame:
+    """Keep the first row of each file (per ``kind``) listed more than once; warn with the count.
+
+    Rows of one file agree on patient and label (:func:`check_duplicate_paths`), so a
+    repeated row would only train on the same image twice.
+
+    Args:
+        df: manifest rows (from :func:`read_manifest`).
+        path: the manifest, named in the warning.
+
+    Returns:
+        ``df`` without the repeated rows (original index and order kept).
+    """
+    key = pd.DataFrame({"path": _path_keys(df), "kind": df["kind"] if "kind" in df.columns else ""})
+    dup = key.duplicated(keep="first").to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        first = int(np.flatnonzero((key.iloc[:i] == key.iloc[i]).all(axis=1).to_numpy())[0])
+        log.warning("%s: %d duplicate row(s) (a file listed again) kept once, e.g. line %d repeats line %d (%s)",
+                    path, int(dup.sum()), df.index[i] + 2, df.index[first] + 2, _shown(df["path"].iloc[i], path))
+    return df[~dup]
 
 
 def check_patient_split(df: pd.DataFrame, *, path: str | Path | None = None) -> None:

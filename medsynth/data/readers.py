@@ -3,7 +3,9 @@
 Every reader returns an :class:`ImageRecord` whose ``array`` is float32 ``(H, W)`` (2D) or
 ``(D, H, W)`` (3D) in the image's *native* units:
 
-* CT: Hounsfield units (DICOM rescale slope/intercept applied through pydicom's modality LUT).
+* CT: Hounsfield units (DICOM rescale slope/intercept applied through pydicom's modality LUT;
+  for Enhanced / Legacy Converted Enhanced multi-frame files, per frame from the functional
+  groups, see :func:`read_dicom_file`).
 * X-ray (DX/CR): raw detector values after the modality LUT; ``MONOCHROME1`` images are
   inverted so that larger always means brighter (denser).
 * PNG/JPEG: grey levels (0..255 or 0..65535), RGB converted to luminance.
@@ -12,7 +14,8 @@ Orientation conventions (the same for DICOM series and NIfTI, "radiological disp
 ``D`` runs inferior -> superior, ``H`` (rows) anterior -> posterior, ``W`` (columns) patient
 right -> left. NIfTI volumes are first brought to the closest canonical (RAS+) orientation with
 ``nibabel.as_closest_canonical`` and then transposed/flipped into that layout; DICOM series are
-sorted by ``ImagePositionPatient`` projected on the slice normal.
+sorted by ``ImagePositionPatient`` projected on the slice normal, and their slices must be
+evenly spaced (:func:`even_spacing`): an uneven series is refused, not resampled.
 
 A folder given to :func:`read_image` is read as a DICOM series: with one series in the folder
 that volume is returned; with several, ``series_uid=`` must pick one (otherwise a
@@ -43,7 +46,13 @@ NPZ_SUFFIXES = (".npz",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 #: DICOM Modality tag -> medsynth modality
-_DICOM_MODALITY = {"CT": "ct", "DX": "xray", "CR": "xray", "DR": "xray", "RG": "xray", "PX": "xray"}
+_DICOM_MODALITY = {"CT": "ct", "DX": "xray", "CR": "xray", "DR": "xray", "RG": "xray", "MG": "xray", "PX": "xray"}
+#: Enhanced / Legacy Converted Enhanced CT: their rescale must come from the functional groups
+ENHANCED_CT_SOP = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+#: slices (or frames) are evenly spaced when every gap is within this fraction of the median gap...
+SPACING_TOLERANCE = 0.01
+#: ...or within this many mm (DICOM positions are written to 0.01 mm or finer in practice)
+SPACING_TOLERANCE_MM = 0.02
 
 CODECS_HINT = "pip install medsynth-gan[codecs]"
 
@@ -111,6 +120,9 @@ def dicom_modality(tag_value: str | None) -> str:
 
 
 def _check_finite(arr: np.ndarray, path) -> np.ndarray:
+    """``arr`` if it holds pixels and all are finite; else one :class:`MedsynthError` naming ``path``."""
+    if arr.size == 0:
+        raise MedsynthError(path, f"image holds no pixels (shape {tuple(arr.shape)})")
     if not np.isfinite(arr).all():
         n_bad = int((~np.isfinite(arr)).sum())
         raise MedsynthError(path, f"image has {n_bad} non-finite values (NaN or inf)")
@@ -129,6 +141,8 @@ def _dcmread(path: Path, *, stop_before_pixels: bool = False):
     from pydicom.errors import InvalidDicomError
 
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise MedsynthError(path, "empty file (0 bytes)")
         try:
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
@@ -136,6 +150,8 @@ def _dcmread(path: Path, *, stop_before_pixels: bool = False):
             if not path.name.lower().endswith(DICOM_SUFFIXES):
                 raise
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    except MedsynthError:
+        raise
     except FileNotFoundError:
         raise MedsynthError(path, "file not found") from None
     except IsADirectoryError:
@@ -184,8 +200,17 @@ def _decode_pixels(ds, path: Path) -> np.ndarray:
     return arr
 
 
-def _dicom_to_float(ds, arr: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
-    """Apply colour handling, the modality LUT and MONOCHROME1 inversion -> float32 array."""
+def _dicom_to_float(ds, arr: np.ndarray, path: Path, rescale=None) -> tuple[np.ndarray, str]:
+    """Apply colour handling, the modality LUT and MONOCHROME1 inversion -> float32 array.
+
+    Args:
+        ds: the dataset.
+        arr: decoded stored values ``(H, W)`` or ``(frames, H, W)``.
+        path: for messages.
+        rescale: ``(slopes, intercepts)`` float arrays, one value per frame, from the
+            functional groups of an enhanced multi-frame file; ``None``: the top-level
+            Modality LUT / RescaleSlope / RescaleIntercept (pydicom's modality LUT).
+    """
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -199,10 +224,18 @@ def _dicom_to_float(ds, arr: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
     if samples > 1:
         # pydicom converts YBR to RGB while decoding by default (as_rgb=True).
         return _grey(arr), photometric
-    try:
-        out = apply_modality_lut(arr, ds)
-    except Exception as exc:
-        raise MedsynthError(path, f"invalid rescale / modality LUT ({_one_line(exc)})") from None
+    if rescale is None:
+        try:
+            out = apply_modality_lut(arr, ds)
+        except Exception as exc:
+            raise MedsynthError(path, f"invalid rescale / modality LUT ({_one_line(exc)})") from None
+        slope = np.float64(ds.get("RescaleSlope", 1) or 1)
+        inter = np.float64(ds.get("RescaleIntercept", 0) or 0)
+    else:
+        shape = (-1, 1, 1) if arr.ndim == 3 else ()
+        slope = np.asarray(rescale[0], np.float64).reshape(shape)
+        inter = np.asarray(rescale[1], np.float64).reshape(shape)
+        out = arr.astype(np.float64) * slope + inter
     out = np.asarray(out, dtype=np.float32)
     if photometric == "MONOCHROME1":
         # Invert inside the range of representable stored values (mapped through the LUT), so
@@ -212,13 +245,12 @@ def _dicom_to_float(ds, arr: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
             lo_raw, hi_raw = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         else:
             lo_raw, hi_raw = 0, 2**bits - 1
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        inter = float(ds.get("RescaleIntercept", 0) or 0)
-        if "ModalityLUTSequence" in ds:
+        if rescale is None and "ModalityLUTSequence" in ds:
             lo, hi = float(out.min()), float(out.max())
         else:
-            lo, hi = sorted((lo_raw * slope + inter, hi_raw * slope + inter))
-        out = (hi + lo) - out
+            a, b = lo_raw * slope + inter, hi_raw * slope + inter
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+        out = ((hi + lo) - out).astype(np.float32)
     return out, photometric
 
 
@@ -237,8 +269,145 @@ def _dicom_spacing(ds, ndim: int) -> tuple[float, ...]:
     return (dz, row, col)
 
 
+def even_spacing(positions, *, what: str, where) -> float:
+    """The slice spacing of sorted, distinct slice positions; refuse uneven spacing.
+
+    Every gap between neighbouring positions must lie within :data:`SPACING_TOLERANCE` of the
+    median gap (the smaller gap for three slices) or :data:`SPACING_TOLERANCE_MM`, whichever is
+    larger. An uneven series is
+    **refused, not resampled**: a gap of several slice spacings means slices are missing (a
+    partial export) or two acquisitions share one series, and interpolating across it would
+    invent anatomy that a generative model then learns as real. The user re-exports the
+    series or removes it; the message names the series and the gap.
+
+    Args:
+        positions: ``(D,)`` increasing positions in mm along the slice normal.
+        what: the series or file, for the message (``"series <uid>"``; no patient identifiers).
+        where: the folder or file the error names.
+
+    Returns:
+        The true spacing in mm: ``(last - first) / (D - 1)``.
+
+    Raises:
+        MedsynthError: a gap off the median by more than the tolerance.
+    """
+    keys = np.asarray(positions, dtype=np.float64)
+    gaps = np.diff(keys)
+    # the expected spacing: the median gap; with two gaps the smaller (missing slices only widen gaps)
+    med = float(np.median(gaps)) if len(gaps) >= 3 else float(gaps.min())
+    tol = max(SPACING_TOLERANCE * med, SPACING_TOLERANCE_MM)
+    dev = np.abs(gaps - med)
+    k = int(np.argmax(dev))
+    if dev[k] > tol:
+        raise MedsynthError(
+            where, f"{what}: uneven slice spacing: a {gaps[k]:.4g} mm gap between slices {k} and {k + 1} "
+                   f"where the spacing is {med:.4g} mm (gaps {gaps.min():.4g} to {gaps.max():.4g} mm over "
+                   f"{len(keys)} slices): slices are missing or acquisitions are mixed; refused rather than "
+                   "interpolated (export the complete series)")
+    return float((keys[-1] - keys[0]) / (len(keys) - 1))
+
+
+def _normal(iop) -> np.ndarray | None:
+    if iop is None or len(iop) != 6:
+        return None
+    r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    n = np.cross(r, c)
+    norm = np.linalg.norm(n)
+    return n / norm if norm > 0 else None
+
+
+def _frame_items(ds, name: str, n: int, path: Path) -> list:
+    """Per frame, the first item of functional-group sequence ``name`` (per-frame, else shared, else None)."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared[0] if shared else None
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if per and not any(name in item for item in per):
+        per = []  # this group is not per frame: the shared item (if any) applies to every frame
+    if per and len(per) != n:
+        raise MedsynthError(path, f"PerFrameFunctionalGroupsSequence has {len(per)} items for {n} frames")
+    out = []
+    for i in range(n):
+        seq = per[i].get(name) if per else None
+        if not seq and shared is not None:
+            seq = shared.get(name)
+        out.append(seq[0] if seq else None)
+    return out
+
+
+def _functional_groups(ds, arr: np.ndarray, path: Path):
+    """Rescale, spacing and frame order of an enhanced multi-frame file from its functional groups.
+
+    Returns:
+        ``None`` when the file has no functional groups, else ``(rescale, spacing, order, how)``:
+        ``rescale`` ``(slopes, intercepts)`` per frame or ``None`` (top-level rescale applies),
+        ``spacing`` for the array's axes (``None``: from the top level), ``order`` the frame
+        order (increasing position along the normal) or ``None``, ``how`` a note for ``meta``.
+
+    Raises:
+        MedsynthError: frames without a rescale while others have one, an Enhanced CT without
+            any rescale, frames of different pixel spacing or orientation, several stacks
+            (frames sharing a position) or uneven frame spacing.
+    """
+    if "SharedFunctionalGroupsSequence" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+        return None
+    n = arr.shape[0] if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 1 else 1
+    n = int(ds.get("NumberOfFrames", n) or n)
+    pvt = _frame_items(ds, "PixelValueTransformationSequence", n, path)
+    have = [p is not None for p in pvt]
+    rescale, how = None, "top-level rescale"
+    if all(have):
+        rescale = (np.array([float(p.get("RescaleSlope", 1) or 1) for p in pvt]),
+                   np.array([float(p.get("RescaleIntercept", 0) or 0) for p in pvt]))
+        per = len(set(zip(*rescale))) > 1
+        how = f"functional groups ({'per frame' if per else 'one for all frames'})"
+    elif any(have):
+        raise MedsynthError(path, f"{have.count(False)} of {n} frames have no PixelValueTransformationSequence "
+                                  "(rescale) while the others do")
+    elif str(ds.get("SOPClassUID", "")) in ENHANCED_CT_SOP and "RescaleIntercept" not in ds:
+        raise MedsynthError(path, "Enhanced CT without RescaleSlope/RescaleIntercept in its functional groups "
+                                  "(PixelValueTransformationSequence): its values cannot be read as Hounsfield units")
+    pm = _frame_items(ds, "PixelMeasuresSequence", n, path)
+    spacing = None
+    if pm[0] is not None:
+        ps = {tuple(float(v) for v in (p.get("PixelSpacing") or ())) for p in pm if p is not None}
+        if len(ps) > 1:
+            raise MedsynthError(path, f"frames have {len(ps)} different pixel spacings; expected one")
+        ps = next(iter(ps))
+        row, col = ps if len(ps) == 2 else _dicom_spacing(ds, 2)
+        dz = pm[0].get("SpacingBetweenSlices") or pm[0].get("SliceThickness")
+        spacing = (row, col) if n == 1 else (float(dz) if dz else 1.0, row, col)
+    pos = _frame_items(ds, "PlanePositionSequence", n, path) if n > 1 else [None]
+    ori = _frame_items(ds, "PlaneOrientationSequence", n, path) if n > 1 else [None]
+    order = None
+    if n > 1 and all(p is not None and p.get("ImagePositionPatient") is not None for p in pos) and ori[0] is not None:
+        iops = {tuple(round(float(v), 4) for v in o.get("ImageOrientationPatient") or ()) for o in ori if o is not None}
+        if len(iops) > 1:
+            raise MedsynthError(path, f"frames have {len(iops)} different orientations; expected one stack")
+        normal = _normal(ori[0].get("ImageOrientationPatient"))
+        if normal is not None:
+            keys = np.array([float(np.dot(np.asarray(p.ImagePositionPatient, float), normal)) for p in pos])
+            order = np.argsort(keys, kind="stable")
+            skeys = keys[order]
+            if (np.diff(skeys) <= 1e-3).any():
+                n_at = len(keys) / len(np.unique(np.round(keys, 3)))
+                raise MedsynthError(path, f"{n} frames share positions (about {n_at:.0f} per position: several stacks, "
+                                          "echoes, phases or time points in one file); medsynth reads one volume per file")
+            dz = even_spacing(skeys, what=f"multi-frame file ({n} frames)", where=path)
+            row, col = spacing[1:] if spacing is not None else _dicom_spacing(ds, 2)
+            spacing = (dz, row, col)
+    return rescale, spacing, order, how
+
+
 def read_dicom_file(path: str | Path, *, modality: str | None = None) -> ImageRecord:
     """Read one DICOM file.
+
+    Enhanced and Legacy Converted Enhanced multi-frame files (CT, MR...) keep their rescale,
+    pixel spacing and positions in functional groups: the rescale is applied per frame from
+    ``PixelValueTransformationSequence`` (per-frame items, else the shared one), the pixel
+    spacing and slice thickness come from ``PixelMeasuresSequence``, and the frames are sorted
+    by ``PlanePositionSequence`` along the normal of ``PlaneOrientationSequence`` with the
+    spacing checked like a series' (:func:`even_spacing`). Files whose functional groups
+    contradict themselves are refused.
 
     Args:
         path: a DICOM file (single- or multi-frame).
@@ -251,7 +420,11 @@ def read_dicom_file(path: str | Path, *, modality: str | None = None) -> ImageRe
     path = Path(path)
     ds = _dcmread(path)
     arr = _decode_pixels(ds, path)
-    out, photometric = _dicom_to_float(ds, arr, path)
+    fg = _functional_groups(ds, arr, path)
+    rescale, fg_spacing, order, how = fg if fg is not None else (None, None, None, "top-level rescale")
+    out, photometric = _dicom_to_float(ds, arr, path, rescale)
+    if order is not None:
+        out = out[order]
     out = np.ascontiguousarray(out, dtype=np.float32)
     if out.ndim not in (2, 3):
         raise MedsynthError(path, f"unexpected pixel array shape {tuple(out.shape)}")
@@ -262,13 +435,17 @@ def read_dicom_file(path: str | Path, *, modality: str | None = None) -> ImageRe
         "shape": tuple(out.shape),
         "photometric": photometric,
         "dicom_modality": str(ds.get("Modality", "")),
+        "sop_class": str(ds.get("SOPClassUID", "")),
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "patient_id": str(ds.get("PatientID", "")),
         "transfer_syntax": str(ts) if ts is not None else "",
         "frames": int(ds.get("NumberOfFrames", 1) or 1),
     }
+    if fg is not None:
+        meta["rescale"] = how
+    spacing = fg_spacing if fg_spacing is not None and len(fg_spacing) == out.ndim else _dicom_spacing(ds, out.ndim)
     mod = modality or dicom_modality(ds.get("Modality"))
-    return ImageRecord(out, _dicom_spacing(ds, out.ndim), mod, meta, str(path))
+    return ImageRecord(out, spacing, mod, meta, str(path))
 
 
 def _iter_files(folder: Path):
@@ -279,13 +456,7 @@ def _iter_files(folder: Path):
 
 
 def _slice_normal(ds) -> np.ndarray | None:
-    iop = ds.get("ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
-        return None
-    r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-    n = np.cross(r, c)
-    norm = np.linalg.norm(n)
-    return n / norm if norm > 0 else None
+    return _normal(ds.get("ImageOrientationPatient"))
 
 
 def read_dicom_series(
@@ -294,10 +465,15 @@ def read_dicom_series(
     """Read every DICOM series under ``folder`` (recursively) as volumes.
 
     Files are grouped by ``SeriesInstanceUID``. Within a series, slices are sorted by
-    ``ImagePositionPatient`` projected on the slice normal (from ``ImageOrientationPatient``),
-    falling back to ``InstanceNumber``; the slice spacing is the median distance between
-    sorted positions (else ``SpacingBetweenSlices``/``SliceThickness``, else 1 mm). Files
-    without pixel data (DICOMDIR, structured reports) and non-DICOM files are skipped.
+    ``ImagePositionPatient`` projected on the slice normal (from ``ImageOrientationPatient``)
+    and must be evenly spaced (:func:`even_spacing`: an uneven series is refused); the slice
+    spacing is the true distance between them. A series with no positions at all is ordered by
+    ``InstanceNumber`` with the header's ``SpacingBetweenSlices``/``SliceThickness`` (a
+    warning says it cannot be checked); one where only some slices have a position is refused.
+    Slices at one position are kept once when their pixels are equal and refused otherwise.
+    DICOM-named files that cannot be read (empty, not DICOM, corrupt) and DICOM objects
+    without an image (DICOMDIR, structured reports) are skipped with one warning counting
+    them; files of other types are ignored.
 
     Args:
         folder: the folder to scan.
@@ -314,6 +490,7 @@ def read_dicom_series(
         raise MedsynthError(folder, "not a folder")
     headers: dict[str, list] = {}
     n_files = 0
+    skipped: list[tuple[str, str]] = []
     for f in _iter_files(folder):
         n_files += 1
         if detect_format(f) != "dicom":
@@ -321,17 +498,21 @@ def read_dicom_series(
         try:
             ds = _dcmread(f, stop_before_pixels=True)
         except MedsynthError as exc:
-            log.debug("skipping %s", exc)
+            skipped.append((f.relative_to(folder).as_posix(), exc.problem))
             continue
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            # stop_before_pixels drops PixelData; check the tag list written before it instead.
-            if "Rows" not in ds:
-                log.debug("skipping %s: no image", f)
-                continue
+        if "Rows" not in ds:
+            # stop_before_pixels drops PixelData; Rows comes before it in every image.
+            skipped.append((f.relative_to(folder).as_posix(), "no image (DICOMDIR, report, RT plan...)"))
+            continue
         uid = str(ds.get("SeriesInstanceUID", "")) or f"<no-uid:{f.parent}>"
         headers.setdefault(uid, []).append((f, ds))
     if n_files == 0:
         raise MedsynthError(folder, "empty folder")
+    if skipped:
+        log.warning("%s: skipped %d DICOM file(s) without a readable image, e.g. %s (%s)",
+                    folder, len(skipped), *skipped[0])
+        for rel, why in skipped:
+            log.info("skipped %s: %s", rel, why)
     if not headers:
         raise MedsynthError(folder, "no DICOM image files found")
     if series_uid is not None:
@@ -347,15 +528,29 @@ def _read_series(uid: str, items: list, modality: str | None) -> ImageRecord:
         rec.meta.update(n_slices=1 if rec.array.ndim == 2 else rec.array.shape[0], files=[rec.path])
         return rec
     first = items[0][1]
+    where = Path(os.path.commonpath([str(f) for f, _ in items]))
+    what = f"series {uid}"
+    n_pos = sum(d.get("ImagePositionPatient") is not None for _, d in items)
+    if 0 < n_pos < len(items):
+        raise MedsynthError(where, f"{what}: {len(items) - n_pos} of {len(items)} slices have no "
+                                   "ImagePositionPatient, so the slice order and spacing cannot be checked")
+    iops = {tuple(round(float(v), 4) for v in d.get("ImageOrientationPatient") or ()) for _, d in items}
+    if n_pos and len(iops) > 1:
+        raise MedsynthError(where, f"{what}: slices have {len(iops)} different orientations (a localiser or "
+                                   "a second stack in the series?); expected one stack")
     normal = _slice_normal(first)
-    have_pos = normal is not None and all(d.get("ImagePositionPatient") is not None for _, d in items)
+    have_pos = normal is not None and n_pos == len(items)
     if have_pos:
         keys = [float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)) for _, d in items]
     else:
-        keys = [float(d.get("InstanceNumber", i) or i) for i, (_, d) in enumerate(items)]
+        inst = [d.get("InstanceNumber") for _, d in items]
+        if any(v is None for v in inst) or len({int(v) for v in inst}) != len(inst):
+            raise MedsynthError(where, f"{what}: no ImagePositionPatient/ImageOrientationPatient and no unique "
+                                       "InstanceNumbers: the slice order is unknown")
+        keys = [float(v) for v in inst]
     order = np.argsort(keys, kind="stable")
     items = [items[i] for i in order]
-    keys = [keys[i] for i in order]
+    keys = np.asarray([keys[i] for i in order])
     slices, spacing2d, photometric = [], None, None
     for f, _ in items:
         rec = read_dicom_file(f, modality=modality)
@@ -368,30 +563,39 @@ def _read_series(uid: str, items: list, modality: str | None) -> ImageRecord:
         slices.append(rec.array)
         spacing2d = spacing2d or rec.spacing
         photometric = photometric or rec.meta.get("photometric")
+    if have_pos:
+        dup = np.flatnonzero(np.diff(keys) <= 1e-3)
+        if len(dup):
+            differ = [i for i in dup if not np.array_equal(slices[i], slices[i + 1])]
+            if differ:
+                raise MedsynthError(where, f"{what}: {len(differ)} slice position(s) hold two different images (e.g. "
+                                           f"at {keys[differ[0]]:.4g} mm along the normal): several acquisitions, "
+                                           "echoes or phases share this series; expected one stack")
+            keep = np.setdiff1d(np.arange(len(slices)), dup + 1)
+            log.warning("%s: %s: %d duplicate slice(s) (same position, same pixels) kept once", where, what, len(dup))
+            slices, items, keys = [slices[i] for i in keep], [items[i] for i in keep], keys[keep]
     vol = np.stack(slices).astype(np.float32)
-    dz = None
     if have_pos and len(keys) > 1:
-        diffs = np.diff(keys)
-        if np.all(np.abs(diffs) > 1e-6):
-            dz = float(np.median(np.abs(diffs)))
-        else:
-            log.warning("series %s: duplicate slice positions", uid)
-    if dz is None:
+        dz = even_spacing(keys, what=what, where=where)
+    else:
         dz = _dicom_spacing(first, 3)[0]
+        if not have_pos:
+            log.warning("%s: %s has no ImagePositionPatient/ImageOrientationPatient: slices ordered by "
+                        "InstanceNumber, spacing %g mm taken from the header and not verifiable", where, what, dz)
     mod = modality or dicom_modality(first.get("Modality"))
     meta = {
         "format": "dicom_series",
         "shape": tuple(vol.shape),
         "photometric": photometric,
         "dicom_modality": str(first.get("Modality", "")),
+        "sop_class": str(first.get("SOPClassUID", "")),
         "series_uid": uid,
         "patient_id": str(first.get("PatientID", "")),
         "n_slices": int(vol.shape[0]),
         "sorted_by": "position" if have_pos else "instance_number",
         "files": [str(f) for f, _ in items],
     }
-    folder = os.path.commonpath([str(f) for f, _ in items])
-    return ImageRecord(vol, (dz, *spacing2d), mod, meta, folder)
+    return ImageRecord(vol, (dz, *spacing2d), mod, meta, str(where))
 
 
 # ----------------------------------------------------------------------------- NIfTI
@@ -468,6 +672,8 @@ def read_pil(path: str | Path, *, modality: str | None = None) -> ImageRecord:
                 arr = np.asarray(img.convert("F")).astype(np.float32)
     except FileNotFoundError:
         raise MedsynthError(path, "file not found") from None
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
+        raise MedsynthError(path, f"refused: the image claims more pixels than are safe to decode ({_one_line(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise MedsynthError(path, f"unreadable or corrupt image ({_one_line(exc)})") from None
     if arr.ndim != 2:

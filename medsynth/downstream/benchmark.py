@@ -22,8 +22,9 @@ Arms (all trained with the same seed, the same real patient subset and the same 
 
 Protocol (one call of :func:`run_benchmark`):
 
-1. ``real.splits`` gives train / val / test by patient; any patient on two sides raises. The
-   test patients are held out from everything but final scoring.
+1. ``real.splits`` gives train / val / test by patient; any patient on two sides raises, and so
+   does any image (the same model-input pixels, :func:`medsynth.data.checks.check_duplicates`)
+   on two sides. The test patients are held out from everything but final scoring.
 2. For each seed, the training *patients* are shuffled within their class stratum (a patient's
    stratum is the majority label of their cases) and, for each fraction, the first
    ``round(fraction * n)`` patients of each stratum are kept (at least one), so subsets are
@@ -62,6 +63,7 @@ import torch
 from sklearn.metrics import roc_curve
 
 from medsynth.atomic import atomic_path, write_text
+from medsynth.data.checks import check_duplicates, tensor_hashes
 from medsynth.errors import MedsynthError
 from medsynth.metrics.stats import (
     auroc,
@@ -201,7 +203,9 @@ class BenchmarkResult:
             ``a``, ``b``, ``diff_seed_mean``, ``diff_seed_sd``.
         n_test: test cases; ``n_test_patients``, ``n_val``: as named.
         timings: ``{"total_seconds", "train_seconds"}``.
-        test_predictions: ``{"y", "patient_ids", "<arm>@<fraction>": ensemble probabilities}``.
+        test_predictions: ``{"y", "patient_ids", "<arm>@<fraction>": ensemble probabilities}``;
+            ``patient_ids`` are pseudonyms (``P0000``... in the sorted order of the real IDs), so
+            results files can be shared and two benchmarks on one test set still pair by patient.
     """
 
     config: dict
@@ -220,6 +224,16 @@ class BenchmarkResult:
 
 def _split_index(real, name: str) -> np.ndarray:
     return np.flatnonzero(np.asarray(real.splits) == name)
+
+
+def pseudonyms(patient_ids) -> list[str]:
+    """``P0000``, ``P0001``... for ``patient_ids`` (one per case), numbered in the sorted order of
+    the distinct IDs: the same patients get the same pseudonyms in every benchmark of one test set,
+    and no real ID (often a hospital number) reaches a results file."""
+    ids = list(map(str, patient_ids))
+    index = {pid: i for i, pid in enumerate(sorted(set(ids)))}
+    width = max(4, len(str(len(index))))
+    return [f"P{index[pid]:0{width}d}" for pid in ids]
 
 
 def check_no_leakage(patient_ids, splits) -> None:
@@ -258,7 +272,7 @@ def subsample_patients(
     pat = df.groupby("p", sort=True)["y"].mean()
     stratum = (pat >= 0.5).astype(int)
     rng = np.random.default_rng(seed)
-    orders = {s: rng.permutation(stratum.index[stratum == s].to_numpy()) for s in (0, 1)}
+    orders = {s: rng.permutation(stratum.index[stratum == s].to_numpy().copy()) for s in (0, 1)}  # pandas may hand out a read-only view
     out = {}
     for f in fractions:
         if not 0 < f <= 1:
@@ -405,6 +419,10 @@ def run_benchmark(
         raise MedsynthError(None, "real set needs 'train' and 'test' splits for the benchmark")
     used = np.concatenate([tr, va, te])
     check_no_leakage(pids[used], np.asarray(real.splits)[used])
+    # by content too: the same model input on two sides is leakage whatever the patient IDs say
+    check_duplicates(tensor_hashes(images[torch.from_numpy(used)]), [str(real.paths[i]) for i in used],
+                     pids[used].tolist(), np.asarray(real.splits)[used].tolist(), labels[used].tolist(), where=None,
+                     dedupe=False)
     if not np.isin(labels[used], (0, 1)).all():
         raise MedsynthError(None, "real set: benchmark labels must be 0 or 1 (found unknown -1)")
     if len(np.unique(labels[te])) < 2 or len(np.unique(labels[tr])) < 2:
@@ -496,9 +514,7 @@ def run_benchmark(
                 log.info("benchmark %s f=%.2f seed=%d: AUROC %.3f (%d real + %d synthetic, "
                          "%.1fs)", arm, f, seed, row["auroc"], n_real, n_syn, secs)
 
-    summary, diffs, test_predictions = [], [], {
-        "y": y_te.tolist(), "patient_ids": pid_te.tolist()
-    }
+    summary, diffs, test_predictions = [], [], {"y": y_te.tolist(), "patient_ids": pseudonyms(pid_te)}
     ens: dict[tuple, np.ndarray] = {}
     for arm in arms:
         for f in fractions:

@@ -2,7 +2,7 @@
 
 :func:`evaluate_sets` computes every metric from image tensors; :func:`evaluate_run` loads a
 run directory (generator and discriminator from ``checkpoints/last.pt`` through
-:func:`medsynth.runs.load_trained`, real data from the run's saved ``config.yaml``),
+:func:`medsynth.runs.load_trained`, real data from the run's local record of its training data),
 samples synthetic images, calls :func:`evaluate_sets` and writes
 ``RUN/evaluate/evaluation.{json,md}`` plus PNG figures (atomic writes; the JSON through
 :mod:`medsynth.results`, schema ``evaluation``).
@@ -77,6 +77,10 @@ MEMORISATION_FLAG_FRACTION = 0.05
 N_CLOSEST_PAIRS = 8
 #: images of each set (synthetic, real) in the side-by-side sample figure
 GRID_N = 16
+#: the figures of ``RUN/evaluate/`` that show real training images (the side-by-side samples, the
+#: closest synthetic/training pairs): they stay in the run, and a report shows them only when
+#: asked to (``medsynth report --show-real``)
+REAL_IMAGE_FIGURES = frozenset({"fig_samples.png", "fig_closest_pairs.png"})
 
 
 def _mean_sd(vals: list[float]) -> dict[str, float]:
@@ -583,13 +587,22 @@ def evaluate_run(
     n_boot: int = 1000,
     inception_weights: str | Path | None = None,
     inception_input: str = "uint8",
+    data_root: str | Path | None = None,
 ) -> Path:
     """Compute the suite for a run directory and write ``RUN/evaluate/``.
 
+    What the evaluation records of its real data is a shareable name, never a path:
+    ``real_source`` is ``run`` (the run's own training data, found through its local record
+    ``RUN/local/data_source.json``) or :func:`medsynth.runs.shareable_source` of ``real``, and
+    ``real_train_fingerprint`` the fingerprint of the training images it compared against.
+    Supplied encoder and Inception files are named by their file name only.
+
     Args:
         run_dir: a run directory with ``config.yaml`` and ``checkpoints/last.pt``.
-        real: real data source; default the run's ``data.source``. Images in the run's
-            training split (``data.split``) are members; all other rows are held out.
+        real: real data source (a path); default the run's training data, from its local record
+            (:func:`medsynth.runs.read_data_source`: one-line error asking for ``--data`` when the
+            run has none). Images in the run's training split (``data.split``) are members; all
+            other rows are held out.
         count: synthetic images sampled (balanced over classes for conditional models).
         seed: seeds sampling, the encoder, splits and bootstraps.
         encoder: a saved encoder file / module to keep features fixed across runs; default
@@ -600,22 +613,34 @@ def evaluate_run(
         inception_weights: optional local TorchScript Inception feature network: adds the
             standard Inception FID with its real-vs-real floor (:mod:`medsynth.metrics.inception`).
         inception_input: that network's input range (``uint8``, ``unit`` or ``sym``).
+        data_root: the declared data root (:func:`medsynth.runs.data_root`) for naming ``real``.
 
     Returns:
         The path of ``evaluation.json``.
     """
     from medsynth.data.dataset import load_image_set, load_two_domains
-    from medsynth.runs import describe_dp
-    from medsynth.runs import load_trained
+    from medsynth.runs import data_root as declared_root
+    from medsynth.runs import describe_dp, images_fingerprint, load_trained, read_data_source, shareable_source
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MedsynthError(run_dir, "no config.yaml: not a medsynth run directory")
     cfg, model, ck = load_trained(run_dir)
+    if model.supports_translation:  # CycleGAN keeps no real images: sample() only translates noise
+        raise MedsynthError(run_dir, f"model {model.registry_name!r} makes images only by translating real images "
+                                     "you pass in; evaluate samples the model and would score translations of noise. "
+                                     "Write translations with `medsynth generate RUN --from FOLDER` and score them "
+                                     "as a synthetic set (`python -m pipelines.studies.lesion_insertion` does this)")
     d = cfg.data
     kw = dict(modality=d.modality, size=d.size, spatial_dims=d.spatial_dims, split=None, ct_window=d.ct_window)
-    ds = (load_two_domains(d.source, d.domain_b, **kw) if real is None and d.domain_b is not None
-          else load_image_set(real or d.source, **kw))
+    if real is None:
+        source, source_b = read_data_source(run_dir)
+        ds = load_two_domains(source, source_b, **kw) if source_b is not None else load_image_set(source, **kw)
+        real_name = "run"
+    else:
+        ds = load_image_set(real, **kw)
+        real_name = shareable_source(real, fingerprint=images_fingerprint(ds.images, ds.labels),
+                                     root=declared_root(data_root))
     if d.split is None:
         train_mask = np.ones(len(ds), dtype=bool)
     else:
@@ -632,7 +657,7 @@ def evaluate_run(
     if isinstance(encoder, nn.Module):
         enc, enc_src = encoder, "supplied by the caller"
     elif encoder is not None:
-        enc, enc_src = load_encoder(encoder), str(encoder)
+        enc, enc_src = load_encoder(encoder), f"supplied file {Path(encoder).name}"
     else:
         enc = train_feature_encoder(tr.images, seed=seed, steps=encoder_steps)
         save_encoder(enc, out_dir / "encoder.pt")
@@ -661,8 +686,13 @@ def evaluate_run(
 
         res = inception_fid(load_inception(inception_weights), tr.images, syn, input_range=inception_input,
                             seed=seed, repeats=repeats)
-        ev["fidelity"]["inception_fid"] = {**res, "weights": str(inception_weights)}
+        ev["fidelity"]["inception_fid"] = {**res, "weights": Path(inception_weights).name}
+    train_fp = images_fingerprint(tr.images, tr.labels)
+    if d.fingerprint is not None and train_fp != d.fingerprint:
+        logger.warning("evaluate: the training split of the real data (fingerprint %s) is not the run's training "
+                       "data (%s): members and held-out images are not what the run saw", train_fp, d.fingerprint)
     ev.update({"run": run_dir.resolve().name, "model": cfg.model.name, "step": int(ck.get("step", -1)),
-               "real_source": str(real or d.source), "train_split": d.split, "n_synthetic_sampled": int(count),
+               "real_source": real_name, "real_train_fingerprint": train_fp,
+               "run_data_fingerprint": d.fingerprint, "train_split": d.split, "n_synthetic_sampled": int(count),
                "dp": describe_dp(ck.get("dp", {}).get("summary")), "dp_accounting": ck.get("dp", {}).get("summary")})
     return write_evaluation(ev, figs, out_dir)

@@ -32,8 +32,9 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
+from medsynth.config import check_fields
 from medsynth.errors import MedsynthError
-from medsynth.models.augment import build_augment_pipe, split_params
+from medsynth.models.augment import AugmentSettings, build_augment_pipe, split_params
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,19 @@ class VariantParams:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, variant: str):
-        # The engine's common parameters (augmentation of D's input) are handled by GANVariant.
+        """The variant's parameters from ``model.params``: names checked, and each value's type
+        against the field's type hint (:func:`medsynth.config.check_fields`). The augmentation
+        entries are GANVariant's (checked when it builds the augment pipe).
+
+        Raises:
+            MedsynthError: one line naming ``model.params.<name>`` (unknown, or of the wrong type).
+        """
         _, values = split_params(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise MedsynthError(f"model.params ({variant})", f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+        check_fields(cls, values, "model.params")
         return cls(**values)
 
 
@@ -166,6 +174,7 @@ class GANVariant(nn.Module):
         self.G_ema: nn.Module | None = None
         # Augmentation of everything D sees (model.params.augment: none | diffaug | ada); None when off,
         # so state_dicts of unaugmented models are unchanged.
+        check_fields(AugmentSettings, split_params(cfg.params)[0], "model.params")
         self.augment_pipe = build_augment_pipe(cfg.params, self.registry_name)
 
     # ---- the contract: training -----------------------------------------------------------

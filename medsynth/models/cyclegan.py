@@ -21,17 +21,22 @@ Losses: adversarial (``adv_loss`` ``lsgan`` as in the paper, or ``bce``), cycle 
 ``identity_weight * cycle_weight * (|G_ab(b) - b| + |G_ba(a) - a|)`` (L1). Phase ``G`` updates
 both generators, then phase ``D`` both discriminators.
 
-Image history pool (Shrivastava et al. 2017): D is shown fakes drawn half from the latest
-generator output and half from a buffer of ``pool_size`` (50) earlier fakes per domain. The pools
-are **buffers** (with their fill counts) and use the global torch RNG, which the loop checkpoints,
-so resume is exact.
+Privacy: the model keeps **no training image and nothing made from one** in its ``state_dict``,
+so checkpoints hold no patient pixels (``tests/test_contract.py`` checks every variant).
 
-Sampling: CycleGAN has no latent. The model keeps the last ``examples`` (16) real images of each
-domain seen in training (buffers, so they travel in checkpoints). ``sample(n, labels=t)`` returns
-images of **target domain** ``t`` (1 = B, e.g. nodule-bearing), made by translating randomly
-chosen (seeded ``generator``) stored examples of the other domain. Before any training batch has
-been seen there are no examples and the inputs are seeded smooth noise: the output then has the
-right shape and range but no meaning. For real use call ``translate(images, "a2b")``.
+Image history pool (Shrivastava et al. 2017): D is shown fakes drawn half from the latest
+generator output and half from a buffer of ``pool_size`` (50) earlier fakes per domain. Those
+fakes are translations of real training images (patient-derived), so the pools are
+**non-persistent buffers**: they live in memory during training and never in a checkpoint. Resume
+consequence: after ``train --resume`` the pools start empty and refill from the next batches, so a
+resumed CycleGAN with ``pool_size > 0`` continues from the same weights, optimisers, data order
+and RNG state but is not bit-identical to an uninterrupted run (``pool_size: 0`` resumes exactly).
+
+Sampling: CycleGAN has no latent and translates only the images it is given
+(``translate(images, "a2b")``; ``medsynth generate RUN --from FOLDER`` writes them marked as
+translations of real images). ``sample(n, labels=t)`` (training grids, the contract's smoke tests)
+uses no real image: it translates seeded smooth noise into target domain ``t``, so its output has
+the right shape and range but no meaning.
 """
 
 from __future__ import annotations
@@ -65,8 +70,8 @@ class CycleGANParams(VariantParams):
         d_layers: stride-2 layers of each PatchGAN (0 = as many as fit, at most 3).
         stem_kernel: kernel of the generators' first and last convolution (paper 7).
         norm: normalisation in G and D (``instance`` as in the paper, ``batch``, ``none``).
-        pool_size: fakes kept per domain in the history pool (0 = no pool).
-        examples: real images kept per domain for :meth:`sample`.
+        pool_size: fakes kept per domain in the history pool (0 = no pool; in memory only, never
+            checkpointed: see the module docstring for the resume consequence).
     """
 
     adv_loss: str = "lsgan"
@@ -78,7 +83,6 @@ class CycleGANParams(VariantParams):
     stem_kernel: int = 7
     norm: str = "instance"
     pool_size: int = 50
-    examples: int = 16
 
 
 def _reflect_pad(spatial_dims: int, pad: int) -> nn.Module:
@@ -175,6 +179,10 @@ class CycleGAN(GANVariant):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        if "examples" in (cfg.params or {}):
+            raise MedsynthError("model.params.examples", "removed: CycleGAN keeps no real training images any more "
+                                                         "(a run written with it holds patient images in its "
+                                                         "checkpoint: do not share it, retrain)")
         self.p = CycleGANParams.from_dict(cfg.params, "cyclegan")
         if self.num_classes != 2:
             raise MedsynthError("model.num_classes", "cyclegan needs exactly 2 (label 0 = domain A, 1 = domain B), "
@@ -195,11 +203,9 @@ class CycleGAN(GANVariant):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
         self.G_ema = make_ema(self.G) if cfg.ema_beta > 0 else None
-        for dom in ("a", "b"):
-            self.register_buffer(f"pool_{dom}", torch.zeros((self.p.pool_size,) + self.image_shape))
-            self.register_buffer(f"pool_{dom}_n", torch.zeros((), dtype=torch.long))
-            self.register_buffer(f"examples_{dom}", torch.zeros((self.p.examples,) + self.image_shape))
-            self.register_buffer(f"examples_{dom}_n", torch.zeros((), dtype=torch.long))
+        for dom in ("a", "b"):  # translations of training images: memory only, never in the state_dict
+            self.register_buffer(f"pool_{dom}", torch.zeros((self.p.pool_size,) + self.image_shape), persistent=False)
+            self.register_buffer(f"pool_{dom}_n", torch.zeros((), dtype=torch.long), persistent=False)
 
     # ---- translation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -226,14 +232,14 @@ class CycleGAN(GANVariant):
             self.train(was_training)
 
     def generate(self, z: Tensor, labels: Tensor | None, *, ema: bool = True) -> Tensor:
-        raise NotImplementedError("cyclegan has no latent space: use sample() (translates stored real examples) "
-                                  "or translate(images, 'a2b'|'b2a')")
+        raise NotImplementedError("cyclegan has no latent space: use translate(images, 'a2b'|'b2a') "
+                                  "(sample() translates smooth noise)")
 
     @torch.no_grad()
     def sample(self, n: int, *, labels: Tensor | int | None = None, generator: torch.Generator | None = None,
                ema: bool = True, batch_size: int = 256, truncation: float | None = None) -> Tensor:
         """``n`` images ``(n, C, *S)`` in [-1, 1] of target domain ``labels`` (0 = A, 1 = B; ``None``:
-        random), translated from stored real examples of the other domain (module doc)."""
+        random), translated from seeded smooth noise: no real image is used (module doc)."""
         if truncation is not None and float(truncation) != 1.0:
             raise ValueError("model 'cyclegan' does not support truncation")
         if labels is None:
@@ -243,8 +249,6 @@ class CycleGAN(GANVariant):
                 raise ValueError(f"class {labels} outside 0..1")
             labels = torch.full((n,), labels, dtype=torch.long)
         labels = torch.as_tensor(labels, dtype=torch.long)
-        # Draw everything up front so the generator's consumption does not depend on the buffers.
-        picks = torch.randint(0, 2**31 - 1, (n,), generator=generator)
         coarse = torch.rand((n, self.image_shape[0]) + (4,) * self.spatial_dims, generator=generator) * 2 - 1
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         noise = F.interpolate(coarse, size=self.image_shape[1:], mode=mode, align_corners=False)
@@ -253,22 +257,10 @@ class CycleGAN(GANVariant):
             idx = (labels == target).nonzero().flatten()
             if len(idx) == 0:
                 continue
-            src_dom = "b" if target == 0 else "a"
-            count = min(int(getattr(self, f"examples_{src_dom}_n")), self.p.examples)
-            src = getattr(self, f"examples_{src_dom}")[picks[idx] % count] if count else noise[idx]
-            out[idx] = self.translate(src, "b2a" if target == 0 else "a2b", ema=ema, batch_size=batch_size)
+            out[idx] = self.translate(noise[idx], "b2a" if target == 0 else "a2b", ema=ema, batch_size=batch_size)
         return out
 
-    # ---- buffers -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def _remember(self, dom: str, images: Tensor) -> None:
-        """Keep the last ``examples`` real images of domain ``dom`` (ring buffer)."""
-        buf, count = getattr(self, f"examples_{dom}"), getattr(self, f"examples_{dom}_n")
-        k = buf.shape[0]
-        for img in images[-k:] if k else images[:0]:
-            buf[int(count) % k] = img
-            count += 1
-
+    # ---- the history pool ------------------------------------------------------------------------
     @torch.no_grad()
     def _from_pool(self, dom: str, fakes: Tensor) -> Tensor:
         """Image history pool: each new fake is stored while the pool fills; afterwards, with
@@ -316,8 +308,6 @@ class CycleGAN(GANVariant):
         a, b = self._split(batch)
         zero = batch.images.new_zeros(())
         if phase == "G":
-            self._remember("a", a)
-            self._remember("b", b)
             adv, cyc, idt = zero, zero, zero
             if len(a):
                 fake_b = self.G["ab"](a)

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from medsynth.atomic import write_bytes, write_text
+from medsynth.metrics.evaluate import REAL_IMAGE_FIGURES
 from medsynth.report.read import read_model
 from medsynth.report.render import Document, html_page, markdown
 from medsynth.report.sections import SECTIONS, title
@@ -35,6 +36,8 @@ def build_report(
     seed: int = 0,
     encoder: str | Path | nn.Module | None = None,
     encoder_steps: int = 300,
+    show_real: bool = False,
+    data_root: str | Path | None = None,
 ) -> Path:
     """Write ``<out_root>/<run name>/report.{md,html,json}`` and its PNG figures (atomic writes).
 
@@ -44,16 +47,22 @@ def build_report(
     configuration provenance. ``report.json`` holds every figure the Markdown shows (the
     summary's under ``headline``); ``report.html`` embeds the PNGs as ``data:`` URIs.
 
+    By default the report holds no real training image (the evaluation's figures that show them
+    are left out, with a note) and no input path (the run records its data by a shareable name).
+    With ``show_real`` it shows them, and its first line says that it contains patient images
+    (``report.json``: ``contains_patient_images``).
+
     Args:
         run_dir: a run directory (``config.yaml`` required; ``stats.jsonl``, ``samples/step_*.png``,
             ``evaluate/`` and ``benchmark/`` used when present).
         out_root: parent folder of the report folder.
         benchmark_dir: folder with ``medsynth benchmark``'s ``results.json`` (and ``plot.png``);
             default ``<run_dir>/benchmark`` when it exists.
-        real, count, seed, encoder, encoder_steps: used only when the run has no
+        real, count, seed, encoder, encoder_steps, data_root: used only when the run has no
             ``evaluate/evaluation.json``: the report then runs
             :func:`medsynth.metrics.evaluate.evaluate_run` with them (as ``medsynth evaluate``
             does, writing the same files into the run) and logs that it did.
+        show_real: show the real training images of the evaluation's figures (default off).
 
     Returns:
         The report folder.
@@ -62,7 +71,7 @@ def build_report(
         MedsynthError: missing or invalid run files, or a result file of another schema.
     """
     model = read_model(run_dir, benchmark_dir=benchmark_dir, real=real, count=count, seed=seed, encoder=encoder,
-                       encoder_steps=encoder_steps)
+                       encoder_steps=encoder_steps, show_real=show_real, data_root=data_root)
     parts = [title(model)] + [section(model) for section in SECTIONS]
     doc = Document()
     for part in parts:
@@ -70,12 +79,18 @@ def build_report(
     out_dir = Path(out_root) / model.run.name
     for name, data in doc.images.items():
         write_bytes(out_dir / name, data)
+    for name in REAL_IMAGE_FIGURES:  # an earlier --show-real report's copies go: no patient image stays behind
+        stale = out_dir / f"eval_{name}"
+        if f"eval_{name}" not in doc.images and stale.is_file():
+            stale.unlink()
+            logger.info("removed %s (real training images) left by an earlier report", stale)
     page_title = f"medsynth report: {model.run.name}"
     write_text(out_dir / "report.md", markdown(doc))
     write_text(out_dir / "report.html", html_page(doc, page_title))
     ev = model.evaluation
     write_result(out_dir / "report.json", REPORT, {
-        "run": model.run.name, "run_dir": str(model.run.run_dir), "summary": model.run_summary(),
+        "run": model.run.name, "run_dir": str(model.run.run_dir), "contains_patient_images": model.show_real,
+        "summary": model.run_summary(),
         "config": model.run.config,
         "evaluation": {"file": str(ev.path), "step": ev.step, "seed": ev.seed,
                        "computed_by_report": ev.computed_by_report},

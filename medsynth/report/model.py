@@ -22,7 +22,9 @@ class RunInfo:
         run_dir: the run directory as given.
         config: ``config.yaml`` parsed; ``config_text`` its text.
         stats: ``stats.jsonl`` rows (empty without the file).
-        model, modality, data_source, steps_configured: from the config (``None`` if absent).
+        model, modality, data_source, steps_configured: from the config (``None`` if absent);
+            ``data_source`` is the run's shareable name of its data (never an input path).
+        data_fingerprint: the content fingerprint of the training images (``None`` in older runs).
         steps_done, kimg, wall_seconds, img_per_s_last: from the last stats row (``None`` if absent).
         last_grid: ``(file name, PNG bytes)`` of the newest ``samples/step_*.png``, or ``None``.
     """
@@ -35,6 +37,7 @@ class RunInfo:
     model: str | None
     modality: str | None
     data_source: str | None
+    data_fingerprint: str | None
     steps_configured: int | None
     steps_done: int | None
     kimg: float | None
@@ -50,14 +53,17 @@ class Evaluation:
     Attributes:
         path: the JSON file.
         data: its validated contents.
-        figures: PNG bytes by file name, for the figures it lists that are on disk.
+        figures: PNG bytes by file name, for the figures it lists that are on disk, less those
+            showing real training images (``REAL_IMAGE_FIGURES``) unless the report shows them.
         computed_by_report: whether the report ran the evaluation (the run had none).
+        withheld: the listed figures left out because they show real training images.
     """
 
     path: Path
     data: dict
     figures: dict[str, bytes]
     computed_by_report: bool
+    withheld: tuple[str, ...] = ()
 
     @property
     def fidelity(self) -> dict:
@@ -112,17 +118,21 @@ class ReportModel:
         evaluation: the run's evaluation (always present: the report runs it when missing).
         benchmark: the benchmark results, or ``None``.
         benchmark_dir: where the benchmark was looked for.
+        show_real: whether the report shows real training images (``medsynth report --show-real``;
+            default off: it then contains none, and says so only when it does).
     """
 
     run: RunInfo
     evaluation: Evaluation
     benchmark: Benchmark | None
     benchmark_dir: Path
+    show_real: bool = False
 
     def run_summary(self) -> dict[str, Any]:
         """The run's facts as ``report.json`` → ``summary`` carries them."""
         r, fid = self.run, self.evaluation.fidelity
         return {"model": r.model, "modality": r.modality, "data_source": r.data_source,
+                "data_fingerprint": r.data_fingerprint,
                 "image_shape": list(self.evaluation.data["image_shape"]), "steps_configured": r.steps_configured,
                 "steps_done": r.steps_done, "kimg": r.kimg, "wall_seconds": r.wall_seconds,
                 "img_per_s_last": r.img_per_s_last, "n_real_train": fid["n_real_train"],

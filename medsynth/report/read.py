@@ -5,6 +5,11 @@ the result files (:mod:`medsynth.results`) give the evaluation (``evaluate/evalu
 its PNGs) and the benchmark (``results.json`` and ``plot.png``). A run without an evaluation is
 evaluated here, once, by :func:`medsynth.metrics.evaluate.evaluate_run` — the same call and the
 same files as ``medsynth evaluate`` — so every report carries the whole suite.
+
+Privacy: the evaluation's figures that show real training images
+(:data:`~medsynth.metrics.evaluate.REAL_IMAGE_FIGURES`) are read only when the report is to show
+them (``show_real``); the run's ``local/`` folder is never read. A config written before runs
+recorded their data privately names its input path: that path is withheld from the report.
 """
 
 from __future__ import annotations
@@ -21,9 +26,21 @@ from torch import nn
 
 from medsynth import results
 from medsynth.errors import MedsynthError
+from medsynth.metrics.evaluate import REAL_IMAGE_FIGURES
 from medsynth.report.model import Benchmark, Evaluation, ReportModel, RunInfo
 
 logger = logging.getLogger(__name__)
+
+
+#: what a run's ``data.source``/``data.domain_b`` says in place of an input path that an older
+#: medsynth wrote into ``config.yaml`` (shown neither in the report's tables nor in its config text)
+PATH_WITHHELD = "<input path withheld>"
+
+
+def _shareable_name(value: Any) -> bool:
+    """Whether a recorded data source is a shareable name (:func:`medsynth.runs.shareable_source`)."""
+    return value is None or (isinstance(value, str)
+                             and (value == "default" or value.startswith(("data-root:", "sha256:"))))
 
 
 def _read_config(run_dir: Path) -> tuple[dict, str]:
@@ -37,6 +54,11 @@ def _read_config(run_dir: Path) -> tuple[dict, str]:
         raise MedsynthError(path, f"is not valid YAML ({exc.__class__.__name__})") from exc
     if not isinstance(cfg, dict):
         raise MedsynthError(path, "is not a mapping of settings")
+    data = cfg.get("data")
+    if isinstance(data, dict) and not all(_shareable_name(data.get(k)) for k in ("source", "domain_b")):
+        cfg = {**cfg, "data": {k: (v if k not in ("source", "domain_b") or _shareable_name(v) else PATH_WITHHELD)
+                               for k, v in data.items()}}
+        text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
     return cfg, text
 
 
@@ -98,7 +120,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(
         name=run_dir.resolve().name, run_dir=run_dir, config=cfg, config_text=text, stats=stats,
         model=_setting(cfg, "model.name"), modality=_setting(cfg, "data.modality"),
-        data_source=_setting(cfg, "data.source"), steps_configured=_setting(cfg, "train.steps"),
+        data_source=_setting(cfg, "data.source"), data_fingerprint=_setting(cfg, "data.fingerprint"),
+        steps_configured=_setting(cfg, "train.steps"),
         steps_done=_number(last, "step"), kimg=_number(last, "kimg"), wall_seconds=_number(last, "seconds"),
         img_per_s_last=_number(last, "img_per_s"),
         last_grid=None if grid is None else (grid.name, grid.read_bytes()),
@@ -106,13 +129,15 @@ def read_run(run_dir: str | Path) -> RunInfo:
 
 
 def read_evaluation(run_dir: Path, *, real: str | None, count: int, seed: int,
-                    encoder: str | Path | nn.Module | None, encoder_steps: int) -> Evaluation:
+                    encoder: str | Path | nn.Module | None, encoder_steps: int, show_real: bool = False,
+                    data_root: str | Path | None = None) -> Evaluation:
     """The run's evaluation; when it has none, :func:`~medsynth.metrics.evaluate.evaluate_run` first.
 
     Args:
         run_dir: the run directory.
-        real, count, seed, encoder, encoder_steps: :func:`~medsynth.metrics.evaluate.evaluate_run`'s
+        real, count, seed, encoder, encoder_steps, data_root: :func:`~medsynth.metrics.evaluate.evaluate_run`'s
             arguments, used only when the run has no evaluation yet.
+        show_real: read the figures that show real training images too (else they are withheld).
 
     Raises:
         MedsynthError: an evaluation file of another schema (:func:`medsynth.results.read_result`).
@@ -124,25 +149,29 @@ def read_evaluation(run_dir: Path, *, real: str | None, count: int, seed: int,
 
         logger.info("report: %s has no evaluation; running it as `medsynth evaluate` would (%d synthetic "
                     "images, seed %d) -> %s", run_dir, count, seed, results.evaluation_file(run_dir))
-        evaluate_run(run_dir, real=real, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps)
+        evaluate_run(run_dir, real=real, count=count, seed=seed, encoder=encoder, encoder_steps=encoder_steps,
+                     data_root=data_root)
         data = results.read_evaluation(run_dir)
     path = results.evaluation_file(run_dir)
-    figures = {name: (path.parent / name).read_bytes() for name in data["figures"].values()
-               if (path.parent / name).is_file()}
-    return Evaluation(path=path, data=data, figures=figures, computed_by_report=computed)
+    listed = [name for name in data["figures"].values() if (path.parent / name).is_file()]
+    withheld = tuple(name for name in listed if name in REAL_IMAGE_FIGURES and not show_real)
+    figures = {name: (path.parent / name).read_bytes() for name in listed if name not in withheld}
+    return Evaluation(path=path, data=data, figures=figures, computed_by_report=computed, withheld=withheld)
 
 
 def read_model(run_dir: str | Path, *, benchmark_dir: str | Path | None = None, real: str | None = None,
                count: int = 500, seed: int = 0, encoder: str | Path | nn.Module | None = None,
-               encoder_steps: int = 300) -> ReportModel:
+               encoder_steps: int = 300, show_real: bool = False,
+               data_root: str | Path | None = None) -> ReportModel:
     """Everything a report shows, from the run's files (evaluating the run if it never was).
 
     Args:
         run_dir: a run directory (``config.yaml`` required).
         benchmark_dir: folder of ``medsynth benchmark``'s ``results.json`` (required there when
             given); default ``RUN/benchmark``, used when present.
-        real, count, seed, encoder, encoder_steps: for the evaluation when the run has none
+        real, count, seed, encoder, encoder_steps, data_root: for the evaluation when the run has none
             (:func:`medsynth.metrics.evaluate.evaluate_run`).
+        show_real: the report shows real training images (default: it holds none).
 
     Raises:
         MedsynthError: missing or invalid run files or result files.
@@ -153,8 +182,9 @@ def read_model(run_dir: str | Path, *, benchmark_dir: str | Path | None = None, 
     if bench is None and benchmark_dir is not None:
         raise MedsynthError(bench_dir / results.BENCHMARK_FILE, "not found: not a `medsynth benchmark` output folder")
     evaluation = read_evaluation(run.run_dir, real=real, count=count, seed=seed, encoder=encoder,
-                                 encoder_steps=encoder_steps)
+                                 encoder_steps=encoder_steps, show_real=show_real, data_root=data_root)
     plot = bench_dir / "plot.png"
     benchmark = None if bench is None else Benchmark(
         path=bench_dir / results.BENCHMARK_FILE, data=bench, plot=plot.read_bytes() if plot.is_file() else None)
-    return ReportModel(run=run, evaluation=evaluation, benchmark=benchmark, benchmark_dir=bench_dir)
+    return ReportModel(run=run, evaluation=evaluation, benchmark=benchmark, benchmark_dir=bench_dir,
+                       show_real=show_real)

@@ -253,10 +253,25 @@ def _evaluation_figure(m: ReportModel, doc: Document, name: str, caption: str) -
         doc.img("eval_" + name, data, caption)
 
 
+def _withheld_note(m: ReportModel, doc: Document, name: str, text: str) -> None:
+    """Say that the evaluation's figure ``name`` was left out (real training images), and how to show it."""
+    if name in m.evaluation.withheld:
+        doc.p(f"{text} It stays in the run (`{m.run.name}/evaluate/{name}`); `medsynth report --show-real` "
+              "shows it, in a report then marked as containing patient images.")
+
+
+#: the report's first line when it shows real training images (``medsynth report --show-real``)
+PATIENT_IMAGES_WARNING = ("**CONTAINS PATIENT IMAGES:** this report shows real training images (made with "
+                          "`medsynth report --show-real`); share it only where those images may go.")
+
+
 def title(m: ReportModel) -> Section:
-    """The report's title and its one-sentence scope."""
+    """The report's title and its one-sentence scope, after :data:`PATIENT_IMAGES_WARNING` when
+    the report shows real training images."""
     r, ev = m.run, m.evaluation
     doc = Document()
+    if m.show_real:
+        doc.p(PATIENT_IMAGES_WARNING)
     doc.h(f"medsynth report: {r.name}", 1)
     doc.p(f"Model **{fmt(r.model)}** on **{fmt(r.modality)}** images "
           f"({' × '.join(map(str, ev.data['image_shape'][1:]))}), trained {fmt(r.steps_done)} steps; "
@@ -364,6 +379,9 @@ def fidelity(m: ReportModel) -> Section:
     _evaluation_figure(m, doc, "fig_samples.png",
                        "Random synthetic images (left) beside random real training images (right)"
                        + (", central slices." if volumes else "."))
+    _withheld_note(m, doc, "fig_samples.png", "The evaluation's figure of random synthetic images beside real "
+                   "training images is left out: it shows patient images. The generator's samples are in the "
+                   "last training grid (provenance section).")
     enc = fid["encoder"]
     doc.p(f"{_evaluation_source(m)} Protocol: {fid['protocol']}. Features: {enc['kind']}, fingerprint "
           f"`{enc['fingerprint']}`, {fmt(enc.get('feature_dim'))} features"
@@ -398,6 +416,9 @@ def privacy(m: ReportModel) -> Section:
     _evaluation_tables(m, "Privacy", doc)
     _evaluation_figure(m, doc, "fig_closest_pairs.png",
                        "The synthetic images closest to a training image (top) and that training image (bottom).")
+    _withheld_note(m, doc, "fig_closest_pairs.png", "The closest-pairs figure is left out: it shows real training "
+                   "images, and the synthetic images nearest to them may be copies of them; the distances are "
+                   "in the tables above.")
     _evaluation_figure(m, doc, "fig_dcr_nndr.png", "DCR and NNDR distributions, synthetic vs real references.")
     if ev.data.get("dp"):
         doc.p(f"Differential privacy: {ev.data['dp']}.")
@@ -510,7 +531,8 @@ def provenance(m: ReportModel) -> Section:
         ["run directory", str(r.run_dir)],
         ["model", fmt(r.model)],
         ["modality", fmt(r.modality)],
-        ["training data", fmt(r.data_source)],
+        ["training data", fmt(r.data_source) + ("" if r.data_fingerprint in (None, r.data_source)
+                                                else f" (images {r.data_fingerprint})")],
         ["image shape (C, spatial)", " × ".join(map(str, ev.data["image_shape"]))],
         ["steps done / configured", f"{fmt(r.steps_done)} / {fmt(r.steps_configured)}"],
         ["images seen (kimg)", fmt(r.kimg)],
@@ -523,6 +545,7 @@ def provenance(m: ReportModel) -> Section:
         ["benchmark", "none" if m.benchmark is None else str(m.benchmark.path)],
     ])
     prov: dict[str, Any] = {"run_dir": str(r.run_dir), "files": ["config.yaml"] + (["stats.jsonl"] if r.stats else []),
+                            "withheld_figures": list(ev.withheld),
                             "evaluation": str(ev.path), "evaluation_step": ev.step,
                             "evaluation_computed_by_report": ev.computed_by_report,
                             "benchmark": None if m.benchmark is None else str(m.benchmark.path),

@@ -216,7 +216,7 @@ class DPTraining(PrivacyHooks):
             try:
                 self.gsm.append(GradSampleModule(getattr(model, name), loss_reduction="mean", strict=True))
             except NotImplementedError as exc:
-                raise MedsynthError(f"model.{name}", f"not per-sample clippable ({str(exc).splitlines()[0]})") from None
+                raise MedsynthError(f"model.{name}", f"not per-sample clippable ({(str(exc).splitlines() or [''])[0]})") from None
         for g in self.gsm:
             g.disable_hooks()
         self.optimizer = DPOptimizer(opts[ph.opt_key], noise_multiplier=self.sigma, max_grad_norm=self.max_grad_norm,

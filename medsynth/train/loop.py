@@ -20,30 +20,69 @@ the time budget (``train.minutes`` on ``train.clock``) is :class:`~medsynth.trai
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from medsynth.atomic import write_text
 from medsynth.config import RunConfig, save_config
 from medsynth.errors import MedsynthError
 from medsynth.models.base import GANVariant, Phase, StepInfo
 from medsynth.models.registry import build_model
+from medsynth.runs import RESUMES_FILE, discard_on_failure, run_lock
 from medsynth.train import distributed as ddp
 from medsynth.train import dp as dpmod
 from medsynth.train.batches import Batches, BatchSampler
 from medsynth.train.checkpointer import Checkpointer
 from medsynth.train.clock import RunClock
 from medsynth.train.grid import GridWriter
-from medsynth.train.speed import Speed, resolve_speed
+from medsynth.train.speed import Speed, resolve_device, resolve_speed
 from medsynth.train.stats import TickWriter, truncate_stats
 from medsynth.train.update import LossGuard, PhaseUpdater
 
 log = logging.getLogger(__name__)
+
+#: The settings ``train --resume`` may change: how far and how long to go on, how often to write
+#: stats, grids and checkpoints, CPU threads. Everything else (model, data, batch, seed, speed, DP)
+#: stays the run's, so the resumed run is the one the checkpoint continues exactly.
+RESUME_CHANGEABLE: tuple[str, ...] = ("train.steps", "train.minutes", "train.checkpoint_every",
+                                      "train.sample_every", "train.tick_every", "train.threads")
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """What a resolved and validated (:func:`~medsynth.config.validate`) config must also satisfy
+    before any data is loaded: the variant builds with these settings (its ``model.params`` and
+    size; built on the ``meta`` device: no memory, no compute), a named CT window exists, the
+    device exists, and a differentially private request suits the variant.
+
+    Returns:
+        ``cfg``, with the variant's DP-compatible ``model.params`` when DP is requested (what
+        :func:`train` would make of it; passing it on saves doing it twice).
+
+    Raises:
+        MedsynthError: one line naming the setting at fault.
+    """
+    from medsynth.data.windows import CT_WINDOWS
+
+    if dpmod.dp_requested(cfg.train):
+        cfg = dpmod.prepare_config(cfg)
+    window = cfg.data.ct_window
+    if isinstance(window, str) and window not in CT_WINDOWS:
+        raise MedsynthError("data.ct_window", f"unknown CT window {window!r}; known: {', '.join(CT_WINDOWS)} "
+                                              "or [centre, width] in HU")
+    resolve_device(str(cfg.train.device), 0)
+    with torch.device("meta"):
+        build_model(cfg.model)
+    return cfg
 
 
 def new_run_dir(out: str | Path, tag: str) -> Path:
@@ -53,6 +92,38 @@ def new_run_dir(out: str | Path, tag: str) -> Path:
     if info.enabled:
         return Path(ddp.broadcast_object(str(_new_run_dir(out, tag)) if info.is_main else None, info))
     return _new_run_dir(out, tag)
+
+
+@contextmanager
+def fresh_run_dir(out: str | Path, tag: str) -> Iterator[Path]:
+    """A new run folder (:func:`new_run_dir`) for the block, removed again by rank 0 when the block
+    fails (error or Ctrl-C) before the run's first checkpoint (:func:`medsynth.runs.discard_on_failure`)."""
+    info = ddp.init_from_env()
+    with discard_on_failure(new_run_dir(out, tag), enabled=info.is_main) as run:
+        yield run
+
+
+@contextmanager
+def hold_run(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run's writer lock (:func:`medsynth.runs.run_lock`) for the block: rank 0 takes it
+    (it alone writes); under ``torchrun`` every rank learns whether it got it, so all stop together
+    with the same one-line error when another process holds it. Re-entrant."""
+    info = ddp.init_from_env()
+    if not info.enabled:
+        with run_lock(run_dir):
+            yield
+        return
+    with ExitStack() as stack:
+        refused = None
+        if info.is_main:
+            try:
+                stack.enter_context(run_lock(run_dir))
+            except MedsynthError as exc:
+                refused = (exc.path, exc.problem)
+        refused = ddp.broadcast_object(refused, info)
+        if refused is not None:
+            raise MedsynthError(*refused)
+        yield
 
 
 def _new_run_dir(out: str | Path, tag: str) -> Path:
@@ -88,6 +159,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    changes: dict[str, tuple[Any, Any]] | None = None,
     progress: bool = False,
     grid_size: int = 64,
     on_tick: Callable[[dict], None] | None = None,
@@ -96,7 +168,8 @@ def train(
 
     Runs unchanged under ``torchrun`` (see :mod:`medsynth.train.distributed`): each process
     trains on its slice of every global batch of ``train.batch_size`` images, gradients are
-    averaged, and rank 0 alone writes stats, grids and checkpoints.
+    averaged, and rank 0 alone writes stats, grids and checkpoints. The run's writer lock
+    (:func:`hold_run`) is held throughout: a second writer of the same run is refused in one line.
 
     Args:
         cfg: the resolved run config (saved as ``run_dir/config.yaml``).
@@ -105,6 +178,9 @@ def train(
         labels: ``(N,)`` int64 class labels (required when ``cfg.model.num_classes > 0``).
         run_dir: the run directory; with ``resume`` it must hold ``checkpoints/last.pt``.
         resume: continue exactly from the last checkpoint (step, optimisers, EMA, data order, RNG).
+        changes: with ``resume``, the settings this resume changes, ``key -> (run's value, new
+            value)`` (already applied to ``cfg``; only those that keep the resume exact, e.g.
+            ``train.steps``): recorded in ``RUN/resumes.jsonl`` and the updated ``config.yaml``.
         progress: show a tqdm progress bar (the CLI turns it on; rank 0 only).
         grid_size: images per sample grid.
         on_tick: called with each stats line (rank 0 only).
@@ -112,15 +188,29 @@ def train(
     Returns:
         The run directory, the step reached, the run's wall seconds (before a resume included),
         the images per second of this call (steps x global batch / s) and the trained model.
+
+    Raises:
+        MedsynthError: bad data for the config, another process writing the run, a loss that
+            became non-finite (one line each).
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_run(run_dir):
+        return _train(cfg, images, labels, run_dir, resume=resume, changes=changes or {}, progress=progress,
+                      grid_size=grid_size, on_tick=on_tick)
+
+
+def _train(cfg: RunConfig, images: Tensor, labels: Tensor | None, run_dir: Path, *, resume: bool,
+           changes: dict[str, tuple[Any, Any]], progress: bool, grid_size: int,
+           on_tick: Callable[[dict], None] | None) -> TrainResult:
+    """:func:`train` with the run's lock held."""
     private = dpmod.dp_requested(cfg.train)  # differentially private D phase (medsynth/train/dp.py)
     if private:
         cfg = dpmod.prepare_config(cfg)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(int(tc.threads))
-    _check_data(cfg, images, labels)
+    check_data(cfg, images, labels)
     info = ddp.init_from_env()
     speed = _speed(cfg, info, private)
     dev = speed.device
@@ -134,7 +224,7 @@ def train(
                if private else dpmod.PrivacyHooks())
     clock = RunClock(tc)
     ckpt = Checkpointer(run_dir, cfg, model, opts, data.sampler, scaler, privacy, speed, info, clock)
-    step = start_step = _open_run(run_dir, cfg, ckpt, clock, info, resume)
+    step = start_step = _open_run(run_dir, cfg, ckpt, clock, info, resume, changes)
     guard = LossGuard(run_dir, ckpt, info, dev)
     updater = PhaseUpdater(model, phases, opts, speed, scaler, data, privacy, guard, info)
     ticks = TickWriter(run_dir, tick_every=tc.tick_every, steps=tc.steps, batch_size=data.batch_size, info=info,
@@ -166,7 +256,13 @@ def train(
     return TrainResult(run_dir, step, clock.seconds(), rate, model)
 
 
-def _check_data(cfg: RunConfig, images: Tensor, labels: Tensor | None) -> None:
+def check_data(cfg: RunConfig, images: Tensor, labels: Tensor | None) -> None:
+    """Whether the loaded images (and labels) suit the config: shape ``(N, channels, *size)``, and
+    labels in ``0..num_classes-1`` for a class-conditional model.
+
+    Raises:
+        MedsynthError: one line saying what does not fit.
+    """
     expected = (cfg.model.channels,) + (cfg.model.size,) * cfg.model.spatial_dims
     if tuple(images.shape[1:]) != expected:
         raise MedsynthError("data", f"images have shape {tuple(images.shape[1:])}, model expects {expected}")
@@ -219,9 +315,10 @@ def _build_model(cfg: RunConfig, speed: Speed, info: ddp.DistInfo) -> tuple[GANV
 
 
 def _open_run(run_dir: Path, cfg: RunConfig, ckpt: Checkpointer, clock: RunClock, info: ddp.DistInfo,
-              resume: bool) -> int:
-    """Resume from the run's checkpoint (dropping stats lines written after it) or start a new run
-    directory (with its ``config.yaml``); start the clock. Returns the step training starts at."""
+              resume: bool, changes: dict[str, tuple[Any, Any]]) -> int:
+    """Resume from the run's checkpoint (dropping stats lines written after it; recording the
+    resume and its ``changes``) or start a new run directory (with its ``config.yaml``); start the
+    clock. Returns the step training starts at."""
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         if info.is_main:
@@ -232,8 +329,20 @@ def _open_run(run_dir: Path, cfg: RunConfig, ckpt: Checkpointer, clock: RunClock
     clock.start(resumed.seconds, resumed.cpu_seconds)
     if info.is_main:
         truncate_stats(run_dir, resumed.step)
+        _record_resume(run_dir, cfg, resumed.step, changes)
         log.info("resumed %s at step %d", run_dir, resumed.step)
     return resumed.step
+
+
+def _record_resume(run_dir: Path, cfg: RunConfig, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+    """Append the resume to ``RUN/resumes.jsonl`` (UTC time, step resumed at, each change as
+    ``{"from": run's value, "to": new value}``) and save the changed config as ``config.yaml``."""
+    path = run_dir / RESUMES_FILE
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": int(step),
+                       "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+    write_text(path, (path.read_text(encoding="utf-8") if path.is_file() else "") + line + "\n")
+    if changes:
+        save_config(cfg, run_dir / "config.yaml")
 
 
 def _optimizers(model: GANVariant, phases: list[Phase], fused: bool) -> dict[str, torch.optim.Optimizer]:

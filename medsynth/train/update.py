@@ -140,7 +140,7 @@ class PhaseUpdater:
             except Exception as exc:  # e.g. double backward (R1, gradient penalty) under compile
                 self.compiled.discard(ph.name)
                 log.warning("compile: phase %s failed compiled (%s: %s); it runs eagerly from now on",
-                            ph.name, type(exc).__name__, str(exc).splitlines()[0][:160])
+                            ph.name, type(exc).__name__, (str(exc).splitlines() or [''])[0][:160])
         with torch.compiler.set_stance("force_eager") if self.speed.compile else contextlib.nullcontext():
             return self._forward_backward(ph, batch, info)
 

@@ -15,9 +15,9 @@ Steps (each resumable where cheap):
    id** and the ``train`` split, so the benchmark uses it only when that patient is in the real
    training subset and patient-level splits stay honest (``medsynth.downstream.benchmark``,
    ``real+extra`` arm). On disk (``--write``) the set is written by
-   :func:`medsynth.data.writers.write_synthetic_set`, as any synthetic set: DICOM DX marked
-   ``DERIVED\\SECONDARY``, ``PatientID SYNTHETIC-<n>``, manifest ``source=synthetic``,
-   ``split=train``, label 1; no source identifier is written.
+   :func:`medsynth.data.writers.write_synthetic_set` as translations of real images: DICOM DX
+   ``DERIVED\\SECONDARY`` described as a translation, ``PatientID TRANSLATED-<n>``, manifest
+   ``source=translated``, ``split=train``, label 1; no source identifier is written.
 3. **Check** (:func:`lesion_check`): two patient folds of the training split; a classifier
    trained on the real images of one fold (best epoch on the real validation split) scores the
    other fold's nodule-free sources (before), their translations (after) and its real
@@ -460,7 +460,9 @@ def run_pipeline(real, model, out_dir: str | Path, *, fractions=(0.25, 1.0), see
     if write_dir is not None:
         from medsynth.data.writers import SyntheticInfo, write_synthetic_set
 
-        info = SyntheticInfo(model="cyclegan", run=(run_info or {}).get("name", "cyclegan"), seed=None)
+        # translations of real (nodule-free) training images: marked as such, never as synthetic
+        info = SyntheticInfo(model="cyclegan", run=(run_info or {}).get("name", "cyclegan"), seed=None,
+                             translation="a2b")
         df = write_synthetic_set(write_dir, translated.images, translated.labels, modality=translated.modality,
                                  fmt="dicom", info=info, split="train")
         written = {"dir": str(write_dir), "n": int(len(df))}
