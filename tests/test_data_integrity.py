@@ -322,7 +322,7 @@ def test_folder_of_only_mr_is_refused_and_a_manifest_with_mr_is_refused_with_a_c
     csv = _manifest(tmp_path / "man" / "m.csv", rows)
     with pytest.raises(MedsynthError) as ei:
         load_image_set(csv, modality="xray", size=16)
-    _one_line(ei, "refused 3 of 13 files: 1 MR, 1 US, 1 empty file listed for a xray run",
+    _one_line(ei, "refused 3 of 13 files: 1 MR, 1 US, 1 empty file listed for this xray run",
               "e.g. odd/mr.dcm: DICOM modality MR, not an X-ray radiograph")
 
 

@@ -54,7 +54,8 @@ XRAY_MODALITIES = ("CR", "DX", "DR", "RG", "MG", "PX")
 #: DICOM Modality values a CT run accepts
 CT_MODALITIES = ("CT",)
 ACCEPTED = {"xray": XRAY_MODALITIES, "ct": CT_MODALITIES}
-_RUN_NAME = {"xray": "an X-ray radiograph", "ct": "CT"}
+_RUN_NAME = {"xray": "X-ray radiograph", "ct": "CT image"}
+_ARTICLE = {"xray": "an", "ct": "a"}
 
 #: secondary capture SOP classes (single- and multi-frame)
 SC_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -138,7 +139,7 @@ def dicom_refusal(ds, modality: str) -> Refusal | None:
     sc = is_secondary_capture(ds)
     want = _RUN_NAME[modality]
     if mod and mod not in ACCEPTED[modality]:
-        return Refusal(mod, f"DICOM modality {mod}{' (secondary capture)' if sc else ''}, not {want}")
+        return Refusal(mod, f"DICOM modality {mod}{' (secondary capture)' if sc else ''}, not {_ARTICLE[modality]} {want}")
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper().strip()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples > 1 or (photometric and photometric not in _GREY):
@@ -230,7 +231,7 @@ def log_skipped(where, skipped: list[tuple[str, str]], refusals: list[Refusal], 
     """One summary warning for a folder's skipped files, and each file at info level."""
     if not skipped:
         return
-    log.warning("%s: %s (each file listed at info level and in the run's data_report.json)",
+    log.warning("%s: %s (each file listed at info level and in the run's local/skipped_files.json)",
                 where, summary(refusals, n_files))
     for rel, reason in skipped:
         log.info("skipped %s: %s", rel, reason)

@@ -277,8 +277,8 @@ def _refuse_unsuitable(paths: list[str], csv: Path, modality: str) -> None:
                 refused.append((relative(str(f), base), refusal))
     if refused:
         rel, first = refused[0]
-        raise MedsynthError(csv, f"{summary([r for _, r in refused], n, verb='refused')} listed for a {modality} "
-                                 f"run (e.g. {rel}: {first.reason}); a manifest lists each file on purpose, so "
+        raise MedsynthError(csv, f"{summary([r for _, r in refused], n, verb='refused')} listed for this "
+                                 f"{modality} run (e.g. {rel}: {first.reason}); a manifest lists each file on purpose, so "
                                  "none is skipped: remove or fix those rows")
 
 

@@ -26,7 +26,8 @@ class ImageSet:
         skipped: the files of the source that were left out, as ``(path relative to the data
             source, reason)``: unsuitable files of a folder (other modality, colour, empty, not
             DICOM...) and images repeated within a split (kept once). ``run/data_report.json``
-            records them. Kept by :meth:`subset` and :meth:`split` (they describe the source).
+            counts them; ``run/local/skipped_files.json`` (never shared) names them. Kept by
+            :meth:`subset` and :meth:`split` (they describe the source).
     """
 
     images: torch.Tensor

@@ -80,17 +80,17 @@ def read_manifest(csv: str | Path, *, check_files: bool = True) -> pd.DataFrame:
         if col in df.columns:
             df[col] = [_resolve(v, base) for v in df[col]]
     if (df["path"] == "").any():
-        rows = list(np.flatnonzero(df["path"] == "")[:5] + 2)
+        rows = [int(i) for i in np.flatnonzero(df["path"] == "")[:5] + 2]
         raise MedsynthError(csv, f"empty 'path' on line(s) {rows}")
     labels = pd.to_numeric(df["label"].replace("", np.nan), errors="coerce")
     bad = labels.notna() & (labels != labels.round())
     if bad.any() or (df["label"].notna() & labels.isna()).any():
-        bad_rows = list(np.flatnonzero(bad | (df["label"].notna() & labels.isna()))[:5] + 2)
+        bad_rows = [int(i) for i in np.flatnonzero(bad | (df["label"].notna() & labels.isna()))[:5] + 2]
         raise MedsynthError(csv, f"'label' must be an integer (or empty for unknown); bad on line(s) {bad_rows}")
     df["label"] = labels.fillna(-1).astype(np.int64)
     df["patient_id"] = df["patient_id"].fillna("").astype(str)
     if (df["patient_id"] == "").any():
-        rows = list(np.flatnonzero(df["patient_id"] == "")[:5] + 2)
+        rows = [int(i) for i in np.flatnonzero(df["patient_id"] == "")[:5] + 2]
         raise MedsynthError(csv, f"empty 'patient_id' on line(s) {rows}")
     for col in ("split", "modality", "format", "kind", "source"):
         if col in df.columns:
