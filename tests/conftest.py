@@ -26,35 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fuzz_files import dicom_dataset as _dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _dataset(rows: int, cols: int, *, modality: str, patient_id: str, series_uid: str | None = None,
-             transfer_syntax=None):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1" if modality == "DX" else "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.PatientID = patient_id
-    ds.PatientName = "Test^Phantom"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    return ds
 
 
 def write_dx(path, array, *, photometric="MONOCHROME2", modality="DX", patient_id="P001",

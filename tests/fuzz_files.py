@@ -67,13 +67,15 @@ def ct_volume(seed: int, depth: int = 8, size: int = SIZE) -> np.ndarray:
     return (sl[None] + rng.normal(0, 15, (depth, size, size))).astype(np.float32)
 
 
-def _dataset(rows: int, cols: int, *, modality: str = "DX", sop: str | None = None, patient_id: str = "P000",
-             transfer_syntax: str | None = None, series_uid: str | None = None):
+def dicom_dataset(rows: int, cols: int, *, modality: str, patient_id: str, series_uid: str | None = None,
+             transfer_syntax=None, sop: str | None = None, patient_name: str = "Test^Phantom"):
+    """A minimal 16-bit unsigned grey DICOM dataset (no pixel data yet; shared with ``conftest``); ``sop`` overrides the SOP
+    class (default: DX for ``modality="DX"``, else CT)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop or _SOP.get(modality, _SOP["SC"])
+    meta.MediaStorageSOPClassUID = sop or ("1.2.840.10008.5.1.4.1.1.1.1" if modality == "DX" else "1.2.840.10008.5.1.4.1.1.2")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
     ds = Dataset()
@@ -82,13 +84,24 @@ def _dataset(rows: int, cols: int, *, modality: str = "DX", sop: str | None = No
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
     ds.PatientID = patient_id
-    ds.PatientName = "Fuzz^Phantom"
+    ds.PatientName = patient_name
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel = 1
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def _dataset(rows: int, cols: int, *, modality: str = "DX", sop: str | None = None, patient_id: str = "P000",
+             transfer_syntax: str | None = None, series_uid: str | None = None):
+    ds = dicom_dataset(rows, cols, modality=modality, patient_id=patient_id, series_uid=series_uid,
+                       transfer_syntax=transfer_syntax, sop=sop or _SOP.get(modality, _SOP["SC"]),
+                       patient_name="Fuzz^Phantom")
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.ImagerPixelSpacing = [0.2, 0.2]
     return ds
 
