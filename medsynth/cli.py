@@ -265,6 +265,16 @@ def _training_paths(cfg, resume: Path | None, *, data: str | None, domain_a: str
     return read_data_source(resume)
 
 
+def _train_unconditionally(cfg, ds, *, resume: Path | None, conditional: bool | None) -> bool:
+    """Whether a new run of a conditional-by-preset model falls back to unconditional training: no
+    image of ``ds`` has a label (a folder of DICOM files, say), the user did not ask for
+    ``--conditional``, and the variant can train without labels (CGAN, CycleGAN, CoGAN cannot)."""
+    from medsynth.models.registry import get_model
+
+    return (resume is None and conditional is None and cfg.model.num_classes > 0 and len(ds) > 0
+            and not get_model(cfg.model.name).requires_labels and bool((ds.labels < 0).all()))
+
+
 def _record_data(cfg, ds, source: str, *, resume: bool, data_root: Path | None) -> None:
     """What a run records of its data. New run: ``cfg.data``'s input paths become shareable names
     (:func:`medsynth.runs.shareable_source`: ``default``, ``data-root:<relative path>`` or the
@@ -448,9 +458,14 @@ def train(
         t0 = time.perf_counter()
         ds = _load_set(source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
                        ct_window=d.ct_window, split=d.split, domain_b=source_b)
-        labels = ds.labels if cfg.model.num_classes > 0 else None
         typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {source} "
                    f"(split {d.split}) in {time.perf_counter() - t0:.1f}s", err=True)
+        if _train_unconditionally(cfg, ds, resume=resume, conditional=conditional):
+            cfg.model.num_classes = 0
+            cfg = check_config(cfg)
+            typer.echo(f"data: no image carries a class label: training {cfg.model.name} unconditionally "
+                       "(give a manifest with a label column to condition on labels)", err=True)
+        labels = ds.labels if cfg.model.num_classes > 0 else None
         _record_data(cfg, ds, source, resume=resume is not None, data_root=data_root)  # resume: same images?
         check_data(cfg, ds.images, labels)  # before the run folder is made
         if run_dir is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from medsynth.cli import app, default_data
@@ -289,6 +290,23 @@ def test_unlabelled_data_for_a_conditional_model_makes_no_run_folder(tmp_path):
     r = invoke("train", *TINY, "--steps", "1", "--data", src, "--conditional", "--out", tmp_path / "runs")
     assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("error: data: class-conditional"), r.output
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_unlabelled_folder_trains_unconditionally_and_says_so(tmp_path):
+    # a hospital folder of images carries no labels: the default (conditional) preset falls back to
+    # unconditional training with one line, instead of stopping; a variant that needs labels still stops
+    src = tmp_path / "unlabelled"
+    src.mkdir()
+    df = pd.read_csv(default_data())
+    for p in df[(df["modality"] == "xray") & (df["format"] == "png")]["path"].head(4):
+        shutil.copy(default_data().parent / p, src)
+    r = invoke("train", *TINY, "--steps", "1", "--data", src, "--out", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    assert sum("training dcgan unconditionally" in ln for ln in r.output.splitlines()) == 1, r.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["num_classes"] == 0
+    r = invoke("train", *TINY, "--steps", "1", "--model", "cgan", "--data", src, "--out", tmp_path / "runs_cgan")
+    assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("error:"), r.output
 
 
 # ----------------------------------------------------------------------------- the run's data record

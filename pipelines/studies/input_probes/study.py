@@ -414,7 +414,8 @@ def probes() -> list[Probe]:
         Probe(L, "--resume with an allowed change (--steps)", ["train", "--resume", RUN, "--steps", "4",
                                                                "--no-progress"], expect=0, pick="^resume:"),
         Probe(L, "a failed train leaves a half-made run folder",
-              ["train", *TINY, "--data", "probes/unlabelled", "--out", "runs_fail"], before=_count_before("runs_fail"),
+              ["train", *TINY, "--conditional", "--data", "probes/unlabelled", "--out", "runs_fail"],
+              before=_count_before("runs_fail"),
               check=_count_after("runs_fail")),
 
         Probe(P, "input path and headers in config, checkpoint, evaluation, report (train -> generate -> evaluate "
