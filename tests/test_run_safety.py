@@ -281,12 +281,17 @@ def test_synthetic_set_of_another_size_is_refused_unless_resizing(run, tmp_path,
                for rec in caplog.records)
 
 
-def test_unlabelled_data_for_a_conditional_model_makes_no_run_folder(tmp_path):
-    src = tmp_path / "unlabelled"
-    src.mkdir()
+def _unlabelled_pngs(folder: Path, n: int) -> Path:
+    """``folder`` holding ``n`` of the embedded phantom X-ray PNGs: a folder of images without labels."""
+    folder.mkdir()
     df = pd.read_csv(default_data())
-    for p in df[(df["modality"] == "xray") & (df["format"] == "png")]["path"].head(4):
-        shutil.copy(default_data().parent / p, src)
+    for p in df[(df["modality"] == "xray") & (df["format"] == "png")]["path"].head(n):
+        shutil.copy(default_data().parent / p, folder)
+    return folder
+
+
+def test_unlabelled_data_for_a_conditional_model_makes_no_run_folder(tmp_path):
+    src = _unlabelled_pngs(tmp_path / "unlabelled", 4)
     r = invoke("train", *TINY, "--steps", "1", "--data", src, "--conditional", "--out", tmp_path / "runs")
     assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("error: data: class-conditional"), r.output
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
@@ -295,11 +300,7 @@ def test_unlabelled_data_for_a_conditional_model_makes_no_run_folder(tmp_path):
 def test_unlabelled_folder_trains_unconditionally_and_says_so(tmp_path):
     # a hospital folder of images carries no labels: the default (conditional) preset falls back to
     # unconditional training with one line, instead of stopping; a variant that needs labels still stops
-    src = tmp_path / "unlabelled"
-    src.mkdir()
-    df = pd.read_csv(default_data())
-    for p in df[(df["modality"] == "xray") & (df["format"] == "png")]["path"].head(4):
-        shutil.copy(default_data().parent / p, src)
+    src = _unlabelled_pngs(tmp_path / "unlabelled", 4)
     r = invoke("train", *TINY, "--steps", "1", "--data", src, "--out", tmp_path / "runs")
     assert r.exit_code == 0, r.output
     assert sum("training dcgan unconditionally" in ln for ln in r.output.splitlines()) == 1, r.output
@@ -311,11 +312,7 @@ def test_unlabelled_folder_trains_unconditionally_and_says_so(tmp_path):
 
 # ----------------------------------------------------------------------------- the run's data record
 def test_skipped_input_files_are_recorded_relative(tmp_path):
-    src = tmp_path / "patient-DOE-123"
-    src.mkdir()
-    df = pd.read_csv(default_data())
-    for p in df[(df["modality"] == "xray") & (df["format"] == "png")]["path"].head(6):
-        shutil.copy(default_data().parent / p, src)
+    src = _unlabelled_pngs(tmp_path / "patient-DOE-123", 6)
     (src / "notes.txt").write_text("not an image")
     (src / "empty.dcm").write_bytes(b"")
     r = invoke("train", *TINY, "--steps", "1", "--data", src, "--no-conditional", "--out", tmp_path / "runs")
