@@ -43,7 +43,7 @@ from torch import nn
 
 from medsynth.atomic import write_bytes, write_text
 from medsynth.errors import MedsynthError
-from medsynth.figures import new_figure, png_bytes
+from medsynth.figures import make_grid, new_figure, png_bytes
 from medsynth.metrics.diversity import mean_pairwise_ms_ssim, ms_ssim_settings
 from medsynth.metrics.fidelity import (
     encoder_fingerprint,
@@ -181,17 +181,6 @@ def _view(x: torch.Tensor) -> np.ndarray:
     return x[:, 0].clamp(-1, 1).numpy()
 
 
-def _tile(imgs: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
-    """(n, H, W) in [-1, 1] -> one (rows*(H+pad)+pad, ncol*(W+pad)+pad) mosaic on a -1 background."""
-    n, h, w = imgs.shape
-    nrow = max(1, math.ceil(n / ncol))
-    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), -1.0, dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = imgs[i]
-    return out
-
-
 def fig_samples(synth: torch.Tensor, real: torch.Tensor, *, seed: int = 0, n: int = GRID_N) -> bytes:
     """PNG: ``n`` random synthetic images (left) beside ``n`` random real training images (right).
 
@@ -205,7 +194,8 @@ def fig_samples(synth: torch.Tensor, real: torch.Tensor, *, seed: int = 0, n: in
     note = " (central slices)" if synth.dim() == 5 else ""
     fig = _figure(9, 4.8)
     for ax, x, idx, title in zip(fig.subplots(1, 2), (synth, real), (si, ri), ("synthetic", "real training")):
-        ax.imshow(_tile(_view(x[torch.as_tensor(idx)]), 4), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.imshow(make_grid(x[torch.as_tensor(idx)], nrow=4, pad=1), cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
         ax.set_title(f"{len(idx)} {title}{note}", fontsize=10)
         ax.axis("off")
     return _png(fig)
