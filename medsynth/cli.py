@@ -85,17 +85,31 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _Formatter(logging.Formatter):
+    """``LEVEL logger: message``, except progress lines (``medsynth.progress``), which are plain."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "medsynth.progress" and record.levelno == logging.INFO:
+            return record.getMessage()
+        return super().format(record)
+
+
 def _setup_logging() -> None:
     """Log WARNING and above to stderr (INFO and above with ``MEDSYNTH_VERBOSE=1``); idempotent."""
     level = logging.INFO if os.environ.get("MEDSYNTH_VERBOSE") == "1" else logging.WARNING
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     logging.getLogger("medsynth").setLevel(level)
+    # progress of long commands: a bar on a terminal, plain lines otherwise (medsynth.progress)
+    logging.getLogger("medsynth.progress").setLevel(logging.INFO)
+    from medsynth import progress
+
+    progress.set_mode("auto")
 
 
 def _rename_deprecated(command: str, args: list[str]) -> list[str]:
@@ -200,6 +214,9 @@ class XrayView(str, Enum):
 
 _DATA_HELP = "real data: manifest CSV, folder, .npz or the LIDC folder; default: "
 _DATA_EMBEDDED = _DATA_HELP + "the embedded phantom set"
+_DATA_TRAIN = (_DATA_HELP + "the embedded phantom set: X-ray, the whole-chest demo folder sample_data/chest/ "
+               "(unlabelled DICOM); CT (and --data sample_data/manifest.csv for X-ray), the labelled lung-spot "
+               "radiographs and CT slices of the detection task")
 _DATA_OF_RUN = _DATA_HELP + "the data the run was trained on"
 _DATA_ROOT_HELP = ("declared data root (default: $MEDSYNTH_DATA_ROOT): a data source under it is recorded by its "
                    "path relative to it; otherwise by a content fingerprint, never by its path")
@@ -224,16 +241,27 @@ def _friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def default_data() -> Path:
-    """The embedded phantom sample set (``sample_data/manifest.csv`` beside the package)."""
+def default_data(part: str = "manifest.csv") -> Path:
+    """The embedded phantom sample set beside the package: ``sample_data/manifest.csv`` (lung-spot
+    radiographs with nodule labels, CT slices; the detection task), or ``part="chest"``, the folder of
+    unlabelled whole-chest demo radiographs."""
     from medsynth.config import PACKAGE_ROOT
 
     for root in (PACKAGE_ROOT, Path.cwd()):
-        p = root / "sample_data" / "manifest.csv"
+        p = root / "sample_data" / part
         if p.exists():
             return p
-    raise MedsynthError("sample_data/manifest.csv", "embedded sample data not found; "
-                                                    "make it with `medsynth sample-data --out sample_data`")
+    raise MedsynthError(f"sample_data/{part}", "embedded sample data not found; "
+                                               "make it with `medsynth sample-data --out sample_data`")
+
+
+#: what `train` says when it trains on the embedded whole-chest demo folder
+DEMO_NOTE = ("the embedded whole-chest demo radiographs; the nodule-detection path (generate, augment, benchmark) "
+             "trains on the lung-spot set: --data sample_data/manifest.csv")
+
+
+def _is_default(source: str | None) -> bool:
+    return source in (None, "", "default")
 
 
 def _data_source(source: str | None) -> str:
@@ -251,14 +279,26 @@ def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_wi
     return load_image_set(_data_source(source), **kw)
 
 
+def _demo_default(cfg, conditional: bool | None) -> bool:
+    """Whether a new run without ``--data`` trains on the whole-chest demo folder: 2D X-ray, a model
+    that can train without labels, and no ``--conditional`` (the others get the labelled lung-spot set)."""
+    from medsynth.models.registry import get_model
+
+    return (_is_default(cfg.data.source) and cfg.data.modality == "xray" and cfg.data.spatial_dims == 2
+            and conditional is not True and cfg.data.domain_b is None
+            and not get_model(cfg.model.name).requires_labels)
+
+
 def _training_paths(cfg, resume: Path | None, *, data: str | None, domain_a: str | None,
-                    domain_b: str | None) -> tuple[str, str | None]:
+                    domain_b: str | None, conditional: bool | None = None) -> tuple[str, str | None]:
     """The real paths ``(source, domain B)`` that ``train`` loads: the command line's for a new run;
     for ``--resume`` those given again (``--data`` or ``--domain-a/--domain-b``), else the run's local
     record (:func:`medsynth.runs.read_data_source`, which asks for ``--data`` when it is missing)."""
     from medsynth.runs import read_data_source
 
     if resume is None:
+        if _demo_default(cfg, conditional):
+            return str(default_data("chest")), cfg.data.domain_b  # the newcomer's first run: whole chests
         return _data_source(cfg.data.source), cfg.data.domain_b
     if data is not None or domain_a is not None:
         return _data_source(data if domain_a is None else domain_a), domain_b
@@ -378,7 +418,7 @@ def train(
     ctx: typer.Context,
     modality: Annotated[Modality, typer.Option(help="imaging modality")] = Modality.xray,
     model: Annotated[str, typer.Option(help="registered variant (see `medsynth models`)")] = "dcgan",
-    data: Annotated[Optional[str], typer.Option(help=_DATA_EMBEDDED)] = None,
+    data: Annotated[Optional[str], typer.Option(help=_DATA_TRAIN)] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
     size: Annotated[Optional[int], typer.Option(help="image size (power of two); default: the preset's")] = None,
     spatial_dims: Annotated[Optional[int], typer.Option(
@@ -405,6 +445,9 @@ def train(
     domain_b: Annotated[Optional[str], typer.Option(
         "--domain-b", help="domain B's folder/manifest (label 1)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
+    quick_check: Annotated[bool, typer.Option(
+        "--quick-check/--no-quick-check", help="at the end, a small CNN's real-vs-synthetic AUROC beside its "
+                                               "real-vs-real floor (seconds; 2D runs up to 128²)")] = True,
 ):
     """Train a generator. Writes runs/NNNNN-<modality>-<model>/ (config, stats, grids, checkpoints).
 
@@ -454,12 +497,15 @@ def train(
             run_dir = None
         cfg = check_config(cfg)
         d = cfg.data
-        source, source_b = _training_paths(cfg, resume, data=data, domain_a=domain_a, domain_b=domain_b)
+        source, source_b = _training_paths(cfg, resume, data=data, domain_a=domain_a, domain_b=domain_b,
+                                           conditional=conditional)
         t0 = time.perf_counter()
         ds = _load_set(source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
                        ct_window=d.ct_window, split=d.split, domain_b=source_b)
+        demo = resume is None and _is_default(cfg.data.source) and Path(source).name == "chest"
         typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {source} "
-                   f"(split {d.split}) in {time.perf_counter() - t0:.1f}s", err=True)
+                   + (f"({DEMO_NOTE})" if demo else f"(split {d.split})")
+                   + f" in {time.perf_counter() - t0:.1f}s", err=True)
         if _train_unconditionally(cfg, ds, resume=resume, conditional=conditional):
             cfg.model.num_classes = 0
             cfg = check_config(cfg)
@@ -478,6 +524,61 @@ def train(
         res = run_train(cfg, ds.images, labels, run_dir, resume=resume is not None, changes=changes,
                         progress=progress)
     typer.echo(f"done: {res.step} steps, {res.seconds / 60:.1f} min, {res.images_per_second:.0f} img/s -> {res.run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        _train_summary(res, cfg, ds.images, quick_check=quick_check)
+
+
+def _train_summary(res, cfg, real, *, quick_check: bool) -> None:
+    """The end of ``train``: where the run, its last grid, the picture beside real images and the
+    checkpoint are; a quick fidelity figure against its floor (2D runs up to 128²); the next commands."""
+    from medsynth.train.grid import write_final_picture
+
+    run = Path(res.run_dir)
+    grids = sorted((run / "samples").glob("step_*.png"))
+    picture = write_final_picture(res.model, real, run / "local" / FINAL_PICTURE, n=32, seed=cfg.train.seed,
+                                  step=res.step)
+    lines = [("run", run), ("samples", grids[-1] if grids else "(none)"),
+             ("beside real", f"{picture} (shows real training images: it stays in RUN/local/, never shared)"),
+             ("checkpoint", run / "checkpoints" / "last.pt")]
+    if quick_check:
+        lines.append(("quick check", _quick_check(res.model, real, cfg)))
+    width = max(len(k) for k, _ in lines) + 1
+    for k, v in lines:
+        typer.echo(f"{k + ':':<{width}} {v}")
+    typer.echo("next:")
+    typer.echo(f"  medsynth generate {run} --count 400 --format dicom   # synthetic DICOM set, marked synthetic")
+    typer.echo(f"  medsynth evaluate {run}                             # fidelity + privacy audit (~1 min)")
+
+
+#: the end-of-run picture (last samples beside real training images), under RUN/local/
+FINAL_PICTURE = "samples_vs_real.png"
+#: at most this many images per side in train's quick check
+QUICK_CHECK_N = 256
+
+
+def _quick_check(model, real, cfg) -> str:
+    """One line: the two-sample classifier test on up to :data:`QUICK_CHECK_N` images a side, beside
+    its real-vs-real floor; or why it was skipped."""
+    import torch
+
+    from medsynth.metrics.two_sample import two_sample_test
+
+    d = cfg.data
+    if d.spatial_dims != 2 or d.size > 128:
+        return f"skipped for {d.spatial_dims}D {d.size}² runs (costs minutes): medsynth evaluate RUN has it"
+    n = min(QUICK_CHECK_N, len(real))
+    if n < 40:
+        return f"skipped: {n} real images (needs 40)"
+    g = torch.Generator().manual_seed(int(cfg.train.seed) + 777)
+    labels = None if model.num_classes <= 0 else torch.arange(n) % model.num_classes
+    with torch.no_grad():
+        synth = model.sample(n, labels=labels, generator=g).detach().cpu()
+    idx = torch.randperm(len(real), generator=g)[:n]
+    t = two_sample_test(real[idx].cpu(), synth, seed=int(cfg.train.seed))
+    fl = t["floor"]
+    return (f"a small CNN tells synthetic from real with AUROC {t['auroc']:.2f} "
+            f"[{t['ci'][0]:.2f}, {t['ci'][1]:.2f}]; real vs real {fl['auroc']:.2f} (0.5 = cannot tell, "
+            f"1.0 = tells every image; {n} a side, {t['seconds']:.0f}s)")
 
 
 @app.command()
@@ -525,7 +626,13 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
     """The body of ``generate``: sample (or translate) and write into the prepared folder ``out``."""
     import torch
 
-    from medsynth.data.writers import SyntheticInfo, write_synthetic_set
+    from medsynth.data.writers import (
+        SyntheticInfo,
+        sample_in_batches,
+        sample_pairs_in_batches,
+        translate_in_batches,
+        write_synthetic_set,
+    )
 
     info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -535,9 +642,7 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
             raise MedsynthError("--from", f"model {cfg.model.name!r} does not translate images (use a CycleGAN run)")
         src = _load_set(from_, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
                         ct_window=d.ct_window, split=None)
-        with torch.no_grad():
-            images = torch.cat([model.translate(src.images[i:i + 64], direction=direction.value)
-                                for i in range(0, len(src), 64)]).clamp(-1, 1)
+        images = translate_in_batches(model, src.images, direction.value)
         lab = torch.full((len(images),), 1 if direction is Direction.a2b else 0, dtype=torch.long)
         # translations of the real images passed in: marked as translations (derived from patient data)
         info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, translation=direction.value)
@@ -549,7 +654,7 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
     if pairs:
         if not model.supports_pairs:
             raise MedsynthError("--pairs", f"model {cfg.model.name!r} does not make coupled pairs (use a CoGAN run)")
-        x1, x2 = model.sample_pairs(count, generator=g)
+        x1, x2 = sample_pairs_in_batches(model, count, generator=g)
         for dom, x in ((0, x1), (1, x2)):
             write_synthetic_set(out / f"domain{dom}", x, torch.full((count,), dom, dtype=torch.long),
                                 modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
@@ -566,7 +671,7 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
             raise MedsynthError("--class", f"model has classes 0..{model.num_classes - 1}")
     elif class_ is not None:
         raise MedsynthError("--class", "this model is unconditional")
-    images = model.sample(count, labels=labels, generator=g, truncation=truncation)
+    images = sample_in_batches(model, count, labels=labels, generator=g, truncation=truncation)
     lab = labels if labels is not None else torch.full((count,), -1, dtype=torch.long)
     df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt.value, info=info,
                              ct_window=cfg.data.ct_window)
@@ -648,6 +753,7 @@ def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial
     import torch
 
     from medsynth.data.dataset import ImageSet
+    from medsynth.data.writers import sample_in_batches
     from medsynth.runs import load_trained
 
     p = Path(spec)
@@ -662,7 +768,8 @@ def _synthetic_set(spec: str, real, *, count: int, seed: int, size: int, spatial
                                    "`medsynth generate` and pass --resize-synthetic")
         count = -(-count // model.num_classes) * model.num_classes  # equal count per class
         labels = torch.arange(count) % model.num_classes
-        images = model.sample(count, labels=labels, generator=torch.Generator().manual_seed(seed))
+        images = sample_in_batches(model, count, labels=labels, generator=torch.Generator().manual_seed(seed),
+                                   desc="benchmark: sampling synthetic")
         n = len(images)
         return ImageSet(images=images, labels=labels, patient_ids=[f"synthetic-{i}" for i in range(n)],
                         paths=[""] * n, splits=["train"] * n, modality=modality)
@@ -858,13 +965,16 @@ def sample_data(
     xray_view: Annotated[XrayView, typer.Option(
         "--xray-view", help="radiograph view: lung_spot (64 mm field near a nodule site, 1 mm pixels: the "
                             "detection task) or chest (whole chest, 384 mm field)")] = XrayView.lung_spot,
+    n_chest: Annotated[int, typer.Option(
+        "--n-chest", help="whole-chest demo radiographs in OUT/chest/ (a folder of unlabelled DICOM files: what "
+                          "`medsynth train --modality xray` trains on by default)")] = 300,
 ):
     """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
     from medsynth.phantom import generate_sample_data
 
     t0 = time.perf_counter()
     manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed,
-                                    xray_view=xray_view.value)
+                                    xray_view=xray_view.value, n_chest=min(n_chest, n_xray))
     typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
 
 

@@ -30,7 +30,10 @@ def invoke(*args: str):
 @pytest.mark.slow
 def test_end_to_end_pipeline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = invoke("train", "--modality", "xray", "--size", "32", "--steps", "12", "--set", "model.width=8",
+    from medsynth.cli import default_data
+
+    r = invoke("train", "--modality", "xray", "--data", default_data(), "--size", "32", "--steps", "12",
+               "--set", "model.width=8",
                "--set", "train.checkpoint_every=6", "--set", "train.sample_every=6", "--out", "runs", "--no-progress")
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "00000-xray-dcgan"

@@ -16,7 +16,7 @@ from medsynth.models.base import Batch, GANVariant, StepInfo
 from medsynth.models.registry import build_model, get_model, list_models
 
 #: Architectural options that build different networks pass the contract too ("name+option").
-OPTIONS = {"cogan+pointwise": {"head": "pointwise"}}
+OPTIONS = {"cogan+pointwise": {"head": "pointwise"}, "dcgan+nearest": {"g_up": "nearest"}}
 CASES = [(name, dims) for name in [*list_models(), *OPTIONS] for dims in (2, 3)]
 
 

@@ -49,9 +49,12 @@ def one_error_line(result, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A tiny finished run (2 steps, 32 px, width 8); tests copy it before changing it."""
+    """A tiny finished run (2 steps, 32 px, width 8) of the labelled lung-spot set (class-conditional);
+    tests copy it before changing it."""
+    from medsynth.cli import default_data
+
     out = tmp_path_factory.mktemp("trained")
-    r = invoke("train", *TINY, "--steps", "2", "--out", out)
+    r = invoke("train", *TINY, "--data", default_data(), "--steps", "2", "--no-quick-check", "--out", out)
     assert r.exit_code == 0, r.output
     return next(out.glob("00000-*"))
 

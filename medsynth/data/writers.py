@@ -38,6 +38,7 @@ import numpy as np
 from medsynth.atomic import atomic_path
 from medsynth.data.windows import unit_to_hu
 from medsynth.errors import MedsynthError
+from medsynth.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def write_nifti(
 # ----------------------------------------------------------------------------- DICOM common
 def _ds_base(sop_class: str, sop_uid: str):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -537,6 +538,8 @@ def write_synthetic_set(
 ):
     """Write generated images with synthetic marking (every format, in the file) and a manifest.
 
+    Reports its progress (:mod:`medsynth.progress`): ``generate: writing: i/N files``.
+
     Args:
         out_dir: output folder (created); files go under it and ``manifest.csv`` beside them.
         images: ``(N, 1, H, W)`` or ``(N, 1, D, H, W)`` float32 in ``[-1, 1]`` (tensor or array).
@@ -591,42 +594,160 @@ def write_synthetic_set(
     rows = []
     study_uid = _uid(None)
     series_uid = _uid(None)
-    for i in range(n):
-        pid = f"{info.identity}-{i:0{width}d}"
-        img = x[i, 0]
-        stem = f"{info.source}_{i:0{width}d}"
-        row_fmt = fmt
-        if fmt == "png":
-            rel = f"{stem}.png"
-            write_png(out_dir / rel, img, bits=16 if modality == "xray" else 8, info=info)
-        elif fmt == "nifti":
-            rel = f"{stem}.nii.gz"
-            if modality == "ct":
-                data = np.rint(np.clip(unit_to_hu(np.clip(img, -1, 1), ct_window), -1024, 3071)).astype(np.int16)
-            else:
-                data = unit_to_dx(img)
-            write_nifti(out_dir / rel, data, spacing=sp, info=info)
-        elif modality == "xray":
-            rel = f"{stem}.dcm"
-            write_dicom_dx(out_dir / rel, unit_to_dx(img), pixel_spacing=sp[-2:], patient_id=pid,
-                           info=info, study_uid=study_uid, series_uid=series_uid, instance_number=i + 1)
-        else:
-            hu = unit_to_hu(np.clip(img, -1, 1), ct_window)
-            if three_d:
-                rel = stem
-                row_fmt = "dicom_series"
-                write_ct_series(out_dir / rel, hu, spacing=sp, patient_id=pid, info=info, window=ct_window)
-            else:
+    # a bar on a terminal, "generate: writing: i/N files, ..., about m:ss left" log lines elsewhere
+    with Progress("generate: writing", n, "files") as bar:
+        for i in range(n):
+            pid = f"{info.identity}-{i:0{width}d}"
+            img = x[i, 0]
+            stem = f"{info.source}_{i:0{width}d}"
+            row_fmt = fmt
+            if fmt == "png":
+                rel = f"{stem}.png"
+                write_png(out_dir / rel, img, bits=16 if modality == "xray" else 8, info=info)
+            elif fmt == "nifti":
+                rel = f"{stem}.nii.gz"
+                if modality == "ct":
+                    hu = np.clip(unit_to_hu(np.clip(img, -1, 1), ct_window), -1024, 3071)
+                    data = np.rint(hu).astype(np.int16)
+                else:
+                    data = unit_to_dx(img)
+                write_nifti(out_dir / rel, data, spacing=sp, info=info)
+            elif modality == "xray":
                 rel = f"{stem}.dcm"
-                p = write_ct_series(out_dir, hu, spacing=sp, patient_id=pid, info=info, window=ct_window,
-                                    prefix=stem)[0]
-                os.replace(p, out_dir / rel)
-        rows.append({"path": rel, "label": int(lab[i]), "patient_id": pid, "split": split,
-                     "modality": modality, "format": row_fmt, "kind": kind, "source": info.source})
+                write_dicom_dx(out_dir / rel, unit_to_dx(img), pixel_spacing=sp[-2:], patient_id=pid,
+                               info=info, study_uid=study_uid, series_uid=series_uid, instance_number=i + 1)
+            else:
+                hu = unit_to_hu(np.clip(img, -1, 1), ct_window)
+                if three_d:
+                    rel = stem
+                    row_fmt = "dicom_series"
+                    write_ct_series(out_dir / rel, hu, spacing=sp, patient_id=pid, info=info, window=ct_window)
+                else:
+                    rel = f"{stem}.dcm"
+                    p = write_ct_series(out_dir, hu, spacing=sp, patient_id=pid, info=info, window=ct_window,
+                                        prefix=stem)[0]
+                    os.replace(p, out_dir / rel)
+            rows.append({"path": rel, "label": int(lab[i]), "patient_id": pid, "split": split,
+                         "modality": modality, "format": row_fmt, "kind": kind, "source": info.source})
+            bar.update(1)
     df = pd.DataFrame(rows, columns=["path", "label", "patient_id", "split", "modality", "format", "kind", "source"])
     write_csv(out_dir / "manifest.csv", df)
     log.info("wrote %d %s %s images (%s) to %s", n, info.source, modality, fmt, out_dir)
     return df
+
+
+# ----------------------------------------------------------------------------- sampling in batches
+#: images per generator call in :func:`sample_in_batches` and friends: small enough for frequent
+#: progress (a 32³ multiscale volume takes ~0.6 s on one CPU core), large enough to keep the
+#: generator busy
+SAMPLE_BATCH = 64
+
+
+def sample_in_batches(model, count: int, *, labels=None, generator=None, truncation: float | None = None,
+                      batch_size: int = SAMPLE_BATCH, desc: str = "generate: sampling"):
+    """Draw ``count`` images from a trained generator, ``batch_size`` at a time, reporting progress.
+
+    The same classes and latents as one ``model.sample(count, labels=labels, generator=generator,
+    truncation=truncation)`` call: classes (when ``labels`` is ``None`` on a conditional model) are
+    drawn first for all images, as ``sample`` does, then the latents batch after batch from the same
+    ``generator``; so the same images up to float rounding (convolution kernels may round
+    differently per batch size). Measured on CPU, 150 images: bit-identical for every 2D preset
+    variant, within 3e-6 for 3D ProGAN.
+
+    Args:
+        model: a trained variant (:class:`medsynth.models.base.GANVariant` API: ``sample``,
+            ``num_classes``, ``random_labels``), in eval mode.
+        count: number of images, >= 1.
+        labels: ``None``, an int class for all images, or ``(count,)`` ints in ``[0, num_classes)``.
+        generator: a seeded ``torch.Generator`` makes the draw reproducible.
+        truncation: truncation psi in ``[0, 1]`` (StyleGAN2, BigGAN), ``None`` = off.
+        batch_size: images per ``model.sample`` call (and per progress update), >= 1.
+        desc: the progress line's name.
+
+    Returns:
+        ``(count, C, *S)`` float32 tensor in ``[-1, 1]``.
+    """
+    import torch
+
+    count, batch_size = _check_counts(count, batch_size)
+    if labels is None and model.num_classes > 0:
+        labels = model.random_labels(count, generator)
+    elif isinstance(labels, int):
+        labels = torch.full((count,), labels, dtype=torch.long)
+    if labels is not None and len(labels) != count:
+        raise MedsynthError(None, f"{len(labels)} labels for {count} images")
+    out = []
+    with Progress(desc, count, "images") as bar:
+        for i in range(0, count, batch_size):
+            k = min(batch_size, count - i)
+            lab = None if labels is None else labels[i : i + k]
+            out.append(model.sample(k, labels=lab, generator=generator, truncation=truncation))
+            bar.update(k)
+    return torch.cat(out)
+
+
+def sample_pairs_in_batches(model, count: int, *, generator=None, batch_size: int = SAMPLE_BATCH,
+                            desc: str = "generate: sampling pairs"):
+    """``count`` aligned pairs (CoGAN ``sample_pairs``), ``batch_size`` at a time, with progress.
+
+    Args:
+        model: a trained variant with ``supports_pairs`` (``sample_pairs(n, generator=)``).
+        count: number of pairs, >= 1.
+        generator: a seeded ``torch.Generator`` makes the draw reproducible.
+        batch_size: pairs per call (and per progress update), >= 1.
+        desc: the progress line's name.
+
+    Returns:
+        Two ``(count, C, *S)`` float32 tensors in ``[-1, 1]`` (domain 1, domain 2), row ``i`` of
+        both from the same latent.
+    """
+    import torch
+
+    count, batch_size = _check_counts(count, batch_size)
+    first, second = [], []
+    with Progress(desc, count, "pairs") as bar:
+        for i in range(0, count, batch_size):
+            k = min(batch_size, count - i)
+            x1, x2 = model.sample_pairs(k, generator=generator)
+            first.append(x1)
+            second.append(x2)
+            bar.update(k)
+    return torch.cat(first), torch.cat(second)
+
+
+def translate_in_batches(model, images, direction: str, *, batch_size: int = SAMPLE_BATCH,
+                         desc: str = "generate: translating"):
+    """Translate images between domains (CycleGAN ``translate``), ``batch_size`` at a time, with progress.
+
+    Args:
+        model: a trained variant with ``supports_translation``.
+        images: ``(N, C, *S)`` float32 in ``[-1, 1]``, the model's image shape, N >= 1.
+        direction: ``"a2b"`` or ``"b2a"``.
+        batch_size: images per ``translate`` call (and per progress update), >= 1.
+        desc: the progress line's name.
+
+    Returns:
+        ``(N, C, *S)`` float32 tensor in ``[-1, 1]``.
+    """
+    import torch
+
+    n, batch_size = _check_counts(len(images), batch_size)
+    out = []
+    with Progress(desc, n, "images") as bar:
+        for i in range(0, n, batch_size):
+            chunk = images[i : i + batch_size]
+            out.append(model.translate(chunk, direction=direction))
+            bar.update(len(chunk))
+    return torch.cat(out).clamp(-1, 1)
+
+
+def _check_counts(count: int, batch_size: int) -> tuple[int, int]:
+    count, batch_size = int(count), int(batch_size)
+    if count < 1:
+        raise MedsynthError(None, f"need at least one image, got {count}")
+    if batch_size < 1:
+        raise MedsynthError(None, f"batch size must be >= 1, got {batch_size}")
+    return count, batch_size
 
 
 def write_csv(path: str | Path, df) -> Path:

@@ -64,6 +64,11 @@ from sklearn.metrics import roc_curve
 
 from medsynth.atomic import atomic_path, write_text
 from medsynth.data.checks import check_duplicates, tensor_hashes
+from medsynth.downstream.classifier import (
+    monai_augment,
+    predict_proba,
+    train_classifier,
+)
 from medsynth.errors import MedsynthError
 from medsynth.metrics.stats import (
     auroc,
@@ -73,28 +78,28 @@ from medsynth.metrics.stats import (
     specificity,
     youden_threshold,
 )
-from medsynth.downstream.classifier import monai_augment, predict_proba, train_classifier
+from medsynth.progress import Progress
 from medsynth.results import BENCHMARK, write_result
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ARM_REAL",
-    "ARM_CLASSIC",
-    "ARM_AUG",
-    "ARM_CLASSIC_AUG",
-    "ARM_SYN_ONLY",
-    "ARM_EXTRA",
     "ALL_ARMS",
+    "ARM_AUG",
+    "ARM_CLASSIC",
+    "ARM_CLASSIC_AUG",
+    "ARM_EXTRA",
+    "ARM_REAL",
+    "ARM_SYN_ONLY",
     "METRICS",
     "BenchmarkResult",
-    "run_benchmark",
-    "write_benchmark",
-    "results_table",
-    "subsample_patients",
     "check_no_leakage",
+    "results_table",
+    "run_benchmark",
     "sens_at_spec",
     "spec_at_sens",
+    "subsample_patients",
+    "write_benchmark",
 ]
 
 ARM_REAL = "real"
@@ -272,15 +277,16 @@ def subsample_patients(
     pat = df.groupby("p", sort=True)["y"].mean()
     stratum = (pat >= 0.5).astype(int)
     rng = np.random.default_rng(seed)
-    orders = {s: rng.permutation(stratum.index[stratum == s].to_numpy().copy()) for s in (0, 1)}  # pandas may hand out a read-only view
+    # .copy(): pandas may hand out a read-only view
+    orders = {s: rng.permutation(stratum.index[stratum == s].to_numpy().copy()) for s in (0, 1)}
     out = {}
     for f in fractions:
         if not 0 < f <= 1:
             raise MedsynthError(None, f"benchmark fraction {f} is not in (0, 1]")
         keep = []
-        for s, order in orders.items():
+        for order in orders.values():
             if len(order):
-                k = max(1, int(round(f * len(order))))
+                k = max(1, round(f * len(order)))
                 keep.extend(order[:k].tolist())
         out[f] = np.flatnonzero(df["p"].isin(set(keep)).to_numpy())
     return out
@@ -373,6 +379,10 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Run the benchmark arms over real fractions and seeds, then aggregate and test.
 
+    Reports its progress (:mod:`medsynth.progress`): ``benchmark: k/N classifiers`` (N = seeds x
+    fractions x arms) naming the classifier in training, then ``benchmark: bootstrap CIs and paired
+    tests``.
+
     Args:
         real: ``ImageSet`` with ``images`` ``(N, 1, *S)`` in ``[-1, 1]``, ``labels`` in
             ``{0, 1}``, ``patient_ids`` and ``splits`` (``train``, ``test`` required; ``val``
@@ -457,108 +467,121 @@ def run_benchmark(
     prob_te: dict[tuple, list[np.ndarray]] = {}
     prob_va: dict[tuple, list[np.ndarray]] = {}
     train_seconds = 0.0
-    for seed in seeds:
-        subsets = subsample_patients(labels[tr], pids[tr], fractions, seed)
-        for f in fractions:
-            real_idx = tr[subsets[f]]
-            assert not set(pids[real_idx]) & set(pid_te), "patient leakage into test"
-            s_idx = None
-            if synthetic is not None:
-                rng = np.random.default_rng([seed, int(round(f * 1e6))])
-                n_draw = max(2, int(round(synthetic_ratio * len(real_idx))))
-                s_idx = _draw_synthetic(synthetic, n_draw, rng)
-            for arm in arms:
-                parts_x, parts_y, n_real, n_syn = [], [], 0, 0
-                if arm != ARM_SYN_ONLY:
-                    parts_x.append(images[real_idx])
-                    parts_y.append(labels[real_idx])
-                    n_real = len(real_idx)
-                if arm in _SYN_ARMS:
-                    parts_x.append(syn_images[s_idx])
-                    parts_y.append(syn_labels[s_idx])
-                    n_syn = len(s_idx)
-                if arm == ARM_EXTRA:
-                    e_idx = np.flatnonzero(np.isin(ex_pids, pids[real_idx]))
-                    parts_x.append(ex_images[e_idx])
-                    parts_y.append(ex_labels[e_idx])
-                    n_syn = len(e_idx)
-                x_tr, y_tr = torch.cat(parts_x), np.concatenate(parts_y)
-                steps_per_epoch = max(1, math.ceil(len(y_tr) / batch_size))
-                n_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
-                aug = monai_augment(spatial_dims, seed=seed) if arm in _CLASSIC_ARMS else None
-                t0 = time.perf_counter()
-                model = train_classifier(
-                    x_tr, y_tr, spatial_dims=spatial_dims, epochs=n_epochs,
-                    batch_size=batch_size, seed=seed, augment=aug,
-                    x_val=x_val, y_val=y_val, **kw,
-                )
-                secs = time.perf_counter() - t0
-                train_seconds += secs
-                p_te = predict_proba(model, x_te)
-                p_va = predict_proba(model, x_val) if x_val is not None else None
-                thr = youden_threshold(y_val, p_va) if p_va is not None else 0.5
-                prob_te.setdefault((arm, f), []).append(p_te)
-                if p_va is not None:
-                    prob_va.setdefault((arm, f), []).append(p_va)
-                row = {
-                    "arm": arm, "fraction": f, "seed": seed,
-                    "n_patients_real": int(len(set(pids[real_idx]))) if n_real else 0,
-                    "n_train_real": int(n_real), "n_train_synthetic": int(n_syn),
-                    "n_val": int(len(va)), "n_test": int(len(te)),
-                    "epochs_run": n_epochs, "best_epoch": int(model.best_epoch),
-                    "threshold": thr, **_scores(y_te, p_te, thr),
-                    "seconds": secs,
-                    "seconds_per_epoch": float(np.median([h["seconds"] for h in model.history])),
-                }
-                rows.append(row)
-                log.info("benchmark %s f=%.2f seed=%d: AUROC %.3f (%d real + %d synthetic, "
-                         "%.1fs)", arm, f, seed, row["auroc"], n_real, n_syn, secs)
+    # progress: a bar on a terminal, "benchmark: k/N classifiers, ..., about m:ss left" log lines elsewhere
+    with Progress("benchmark", len(seeds) * len(fractions) * len(arms), "classifiers") as bar:
+        for seed in seeds:
+            subsets = subsample_patients(labels[tr], pids[tr], fractions, seed)
+            for f in fractions:
+                real_idx = tr[subsets[f]]
+                assert not set(pids[real_idx]) & set(pid_te), "patient leakage into test"
+                s_idx = None
+                if synthetic is not None:
+                    rng = np.random.default_rng([seed, round(f * 1e6)])
+                    n_draw = max(2, round(synthetic_ratio * len(real_idx)))
+                    s_idx = _draw_synthetic(synthetic, n_draw, rng)
+                for arm in arms:
+                    parts_x, parts_y, n_real, n_syn = [], [], 0, 0
+                    if arm != ARM_SYN_ONLY:
+                        parts_x.append(images[real_idx])
+                        parts_y.append(labels[real_idx])
+                        n_real = len(real_idx)
+                    if arm in _SYN_ARMS:
+                        parts_x.append(syn_images[s_idx])
+                        parts_y.append(syn_labels[s_idx])
+                        n_syn = len(s_idx)
+                    if arm == ARM_EXTRA:
+                        e_idx = np.flatnonzero(np.isin(ex_pids, pids[real_idx]))
+                        parts_x.append(ex_images[e_idx])
+                        parts_y.append(ex_labels[e_idx])
+                        n_syn = len(e_idx)
+                    x_tr, y_tr = torch.cat(parts_x), np.concatenate(parts_y)
+                    steps_per_epoch = max(1, math.ceil(len(y_tr) / batch_size))
+                    n_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
+                    aug = monai_augment(spatial_dims, seed=seed) if arm in _CLASSIC_ARMS else None
+                    # "k/N classifiers, ..., arm A": k done, A training now (the bar and the log lines alike)
+                    bar.set_postfix(f"arm {arm}, {100 * f:g}% real, seed {seed}")
+                    if len(rows) > bar.n:
+                        bar.update(len(rows) - bar.n)
+                    t0 = time.perf_counter()
+                    model = train_classifier(
+                        x_tr, y_tr, spatial_dims=spatial_dims, epochs=n_epochs,
+                        batch_size=batch_size, seed=seed, augment=aug,
+                        x_val=x_val, y_val=y_val, **kw,
+                    )
+                    secs = time.perf_counter() - t0
+                    train_seconds += secs
+                    p_te = predict_proba(model, x_te)
+                    p_va = predict_proba(model, x_val) if x_val is not None else None
+                    thr = youden_threshold(y_val, p_va) if p_va is not None else 0.5
+                    prob_te.setdefault((arm, f), []).append(p_te)
+                    if p_va is not None:
+                        prob_va.setdefault((arm, f), []).append(p_va)
+                    row = {
+                        "arm": arm, "fraction": f, "seed": seed,
+                        "n_patients_real": len(set(pids[real_idx])) if n_real else 0,
+                        "n_train_real": int(n_real), "n_train_synthetic": int(n_syn),
+                        "n_val": len(va), "n_test": len(te),
+                        "epochs_run": n_epochs, "best_epoch": int(model.best_epoch),
+                        "threshold": thr, **_scores(y_te, p_te, thr),
+                        "seconds": secs,
+                        "seconds_per_epoch": float(np.median([h["seconds"] for h in model.history])),
+                    }
+                    rows.append(row)
+                    log.info("benchmark %s f=%.2f seed=%d: AUROC %.3f (%d real + %d synthetic, "
+                             "%.1fs)", arm, f, seed, row["auroc"], n_real, n_syn, secs)
+        bar.set_postfix("")
+        bar.update(len(rows) - bar.n)
 
     summary, diffs, test_predictions = [], [], {"y": y_te.tolist(), "patient_ids": pseudonyms(pid_te)}
     ens: dict[tuple, np.ndarray] = {}
-    for arm in arms:
-        for f in fractions:
-            p = np.mean(prob_te[(arm, f)], axis=0)
-            ens[(arm, f)] = p
-            thr = (youden_threshold(y_val, np.mean(prob_va[(arm, f)], axis=0))
-                   if (arm, f) in prob_va else 0.5)
-            runs = [r for r in rows if r["arm"] == arm and r["fraction"] == f]
-            rec = {"arm": arm, "fraction": f, "n_seeds": len(runs), "threshold": thr}
-            for m in METRICS:
-                ci = bootstrap_ci(y_te, p, _metric_fn(m), n_boot=n_boot, seed=0,
-                                  clusters=pid_te, threshold=thr)
-                vals = [r[m] for r in runs]
-                rec.update({
-                    m: ci.point, f"{m}_lo": ci.lo, f"{m}_hi": ci.hi,
-                    f"{m}_seed_mean": float(np.mean(vals)),
-                    f"{m}_seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                })
-                if m == "auroc":
-                    rec["n_degenerate"] = ci.n_degenerate
-            rec["n_boot"] = n_boot
-            rec["n_train_real"] = int(np.mean([r["n_train_real"] for r in runs]))
-            rec["n_train_synthetic"] = int(np.mean([r["n_train_synthetic"] for r in runs]))
-            summary.append(rec)
-            test_predictions[f"{arm}@{f:g}"] = p.tolist()
-    for arm in arms:
-        if arm == ARM_REAL:
-            continue
-        for f in fractions:
-            for m in _PAIRED_METRICS:
-                d = paired_bootstrap_diff(y_te, ens[(arm, f)], ens[(ARM_REAL, f)], _metric_fn(m),
-                                          n_boot=n_boot, seed=0, clusters=pid_te)
-                per_seed = [
-                    ra[m] - rr[m]
-                    for ra in rows if ra["arm"] == arm and ra["fraction"] == f
-                    for rr in rows
-                    if rr["arm"] == ARM_REAL and rr["fraction"] == f and rr["seed"] == ra["seed"]
-                ]
-                diffs.append({
-                    "arm": arm, "fraction": f, "metric": m,
-                    "comparison": f"{arm} - {ARM_REAL}", **d,
-                    "diff_seed_mean": float(np.mean(per_seed)),
-                    "diff_seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
-                })
+    # the bootstrap takes seconds to minutes (linear in n_test x n_boot): its own line of progress
+    n_boots = len(arms) * len(fractions) + (len(arms) - 1) * len(fractions)
+    with Progress("benchmark: bootstrap CIs and paired tests", n_boots, "arm-fractions") as boot:
+        for arm in arms:
+            for f in fractions:
+                p = np.mean(prob_te[(arm, f)], axis=0)
+                ens[(arm, f)] = p
+                thr = (youden_threshold(y_val, np.mean(prob_va[(arm, f)], axis=0))
+                       if (arm, f) in prob_va else 0.5)
+                runs = [r for r in rows if r["arm"] == arm and r["fraction"] == f]
+                rec = {"arm": arm, "fraction": f, "n_seeds": len(runs), "threshold": thr}
+                for m in METRICS:
+                    ci = bootstrap_ci(y_te, p, _metric_fn(m), n_boot=n_boot, seed=0,
+                                      clusters=pid_te, threshold=thr)
+                    vals = [r[m] for r in runs]
+                    rec.update({
+                        m: ci.point, f"{m}_lo": ci.lo, f"{m}_hi": ci.hi,
+                        f"{m}_seed_mean": float(np.mean(vals)),
+                        f"{m}_seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    })
+                    if m == "auroc":
+                        rec["n_degenerate"] = ci.n_degenerate
+                rec["n_boot"] = n_boot
+                rec["n_train_real"] = int(np.mean([r["n_train_real"] for r in runs]))
+                rec["n_train_synthetic"] = int(np.mean([r["n_train_synthetic"] for r in runs]))
+                summary.append(rec)
+                test_predictions[f"{arm}@{f:g}"] = p.tolist()
+                boot.update(1)
+        for arm in arms:
+            if arm == ARM_REAL:
+                continue
+            for f in fractions:
+                for m in _PAIRED_METRICS:
+                    d = paired_bootstrap_diff(y_te, ens[(arm, f)], ens[(ARM_REAL, f)], _metric_fn(m),
+                                              n_boot=n_boot, seed=0, clusters=pid_te)
+                    per_seed = [
+                        ra[m] - rr[m]
+                        for ra in rows if ra["arm"] == arm and ra["fraction"] == f
+                        for rr in rows
+                        if rr["arm"] == ARM_REAL and rr["fraction"] == f and rr["seed"] == ra["seed"]
+                    ]
+                    diffs.append({
+                        "arm": arm, "fraction": f, "metric": m,
+                        "comparison": f"{arm} - {ARM_REAL}", **d,
+                        "diff_seed_mean": float(np.mean(per_seed)),
+                        "diff_seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                    })
+                boot.update(1)
 
     config = {
         "fractions": list(fractions), "seeds": list(seeds), "epochs": int(epochs),
@@ -568,8 +591,8 @@ def run_benchmark(
         "image_shape": list(images.shape[1:]), "modality": getattr(real, "modality", None),
         "classifier_kwargs": {k: (v if isinstance(v, (int, float, str, bool, type(None)))
                                   else repr(v)) for k, v in kw.items()},
-        "n_synthetic_available": None if synthetic is None else int(len(synthetic.labels)),
-        "n_extra_available": None if extra is None else int(len(ex_labels)),
+        "n_synthetic_available": None if synthetic is None else len(synthetic.labels),
+        "n_extra_available": None if extra is None else len(ex_labels),
         "classic_augmentation": "MONAI RandFlipd (every axis) + RandAffined (rot ~15 deg, "
                                 "scale 10 %, shift 2 px), p=0.5 each",
         "aggregation": "seed ensemble (mean probability); patient-cluster bootstrap CI; "
@@ -582,7 +605,7 @@ def run_benchmark(
     }
     return BenchmarkResult(
         config=config, rows=rows, summary=summary, diffs=diffs,
-        n_test=int(len(te)), n_test_patients=int(len(set(pid_te))), n_val=int(len(va)),
+        n_test=len(te), n_test_patients=len(set(pid_te)), n_val=len(va),
         timings={"total_seconds": time.perf_counter() - t_start, "train_seconds": train_seconds},
         test_predictions=test_predictions,
     )

@@ -21,6 +21,14 @@ metric of *real B (m) vs real A*, each as mean ± sd over ``repeats`` random spl
 (mean pairwise MS-SSIM) is a property of one set: synthetic against real, and real half A
 against real half B.
 
+Second judge: a classifier two-sample test (:mod:`medsynth.metrics.two_sample`, ``fidelity.two_sample``):
+a small CNN trained to tell the synthetic from the real training images, its cross-fitted AUROC
+with a bootstrap CI and a real-half-vs-real-half floor; it learns its own features, so it sees what
+the fixed encoder can miss (noise, texture, upsampling artefacts).
+
+Progress: :func:`evaluate_sets` advances one ``evaluate`` :class:`~medsynth.progress.Progress` per
+stage (:data:`EVALUATE_SETS_STAGES`); :func:`evaluate_run` adds sampling, the encoder and writing.
+
 Privacy: DCR and NNDR of synthetic→training images against leave-one-out training→training
 (and held-out→training) distributions, the fraction of synthetic images closer than the
 real-real 1st percentile, the closest pairs, and two membership-inference attacks (distance
@@ -34,6 +42,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +76,9 @@ from medsynth.metrics.membership import (
     membership_attack,
 )
 from medsynth.metrics.prdc import kernel_inception_distance, prdc
+from medsynth.metrics.two_sample import READING as TWO_SAMPLE_READING
+from medsynth.metrics.two_sample import two_sample_test
+from medsynth.progress import Progress
 from medsynth.results import EVALUATION, write_result
 
 logger = logging.getLogger(__name__)
@@ -81,6 +93,9 @@ GRID_N = 16
 #: closest synthetic/training pairs): they stay in the run, and a report shows them only when
 #: asked to (``medsynth report --show-real``)
 REAL_IMAGE_FIGURES = frozenset({"fig_samples.png", "fig_closest_pairs.png"})
+#: the stages of :func:`evaluate_sets`, as its progress counts them
+EVALUATE_SETS_STAGES = ("features", "fidelity", "diversity", "privacy", "membership inference", "two-sample test",
+                        "figures")
 
 
 def _mean_sd(vals: list[float]) -> dict[str, float]:
@@ -134,7 +149,7 @@ def per_class_fidelity(fr: np.ndarray, yr: np.ndarray, fs: np.ndarray, ys: np.nd
     rng = np.random.default_rng([seed, 1])
     out: dict[str, dict] = {}
     keys = ("precision", "recall", "coverage")
-    for c in sorted(set(int(v) for v in yr) | set(int(v) for v in ys)):
+    for c in sorted({int(v) for v in yr} | {int(v) for v in ys}):
         if c < 0:
             continue
         r, sy = fr[yr == c], fs[ys == c]
@@ -149,10 +164,21 @@ def per_class_fidelity(fr: np.ndarray, yr: np.ndarray, fs: np.ndarray, ys: np.nd
             fd_r.append(frechet_distance(r[b], r[a[:m]]))
             pr_s.append(prdc(r[a], sy[si], k=k))
             pr_r.append(prdc(r[a], r[b], k=k))
-        out[str(c)] = {"n_real": int(len(r)), "n_synthetic": int(len(sy)), "m": int(m),
+        out[str(c)] = {"n_real": len(r), "n_synthetic": len(sy), "m": int(m),
                        "fd": _mean_sd(fd_s), "fd_floor": _mean_sd(fd_r),
                        "prdc": {**_agg(pr_s, keys), "k": int(k)}, "prdc_floor": _agg(pr_r, keys)}
     return out
+
+
+@contextmanager
+def _stages(progress: Progress | None, total: int):
+    """``progress`` as it is (the caller closes it), or a new ``evaluate`` progress of ``total`` stages."""
+    if progress is not None:
+        yield progress
+        return
+    with Progress("evaluate", total=total, unit="stages") as prog:
+        yield prog
+        prog.set_postfix("")
 
 
 def _images(x, name: str, min_n: int) -> torch.Tensor:
@@ -270,6 +296,8 @@ def evaluate_sets(
     kid_subsets: int = 50,
     ms_ssim_pairs: int = 200,
     n_boot: int = 1000,
+    two_sample_kw: dict | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict, dict[str, bytes]]:
     """Fidelity and privacy metrics of a synthetic set against the real training images.
 
@@ -295,11 +323,19 @@ def evaluate_sets(
         repeats: random real/real splits for the floors (mean ± sd).
         kid_subsets: KID subsets per split.
         ms_ssim_pairs: random pairs for each mean pairwise MS-SSIM.
-        n_boot: bootstrap resamples for the attack AUROC CIs.
+        n_boot: bootstrap resamples for the attack AUROC CIs and the two-sample test's CIs.
+        two_sample_kw: settings passed to :func:`medsynth.metrics.two_sample.two_sample_test`
+            (``folds``, ``epochs``, ``width``...; default its defaults).
+        progress: a :class:`medsynth.progress.Progress` to advance by one per stage
+            (:data:`EVALUATE_SETS_STAGES`); default a new ``evaluate`` progress of those stages.
 
     Returns:
         ``(result, figures)``: ``result`` a JSON-ready dict with ``fidelity`` and ``privacy``
-        sections; ``figures`` PNG bytes by file name.
+        sections; ``figures`` PNG bytes by file name. ``fidelity.two_sample`` is the classifier
+        two-sample test of the real training images against the synthetic images
+        (:func:`~medsynth.metrics.two_sample.two_sample_test`: out-of-fold AUROC of a small CNN told
+        to separate them, with its CI, p-value and real-vs-real floor), or ``{"skipped": reason}``
+        when a side has too few images.
     """
     t0 = time.perf_counter()
     tr = _images(train_x, "train_x", 24)
@@ -309,116 +345,142 @@ def evaluate_sets(
     ho = None if heldout_x is None else _images(heldout_x, "heldout_x", 4)
     if ho is not None and ho.shape[1:] != tr.shape[1:]:
         raise MedsynthError("heldout_x", f"image shape {tuple(ho.shape[1:])} differs from {tuple(tr.shape[1:])}")
-    rng = np.random.default_rng(seed)
-    fr = extract_features(encoder, tr)
-    fs = extract_features(encoder, sy)
-    h = len(tr) // 2
-    m = min(h, len(sy))
-    k = prdc_k(m)
-    rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r")}
-    for rep, (a, b, si) in enumerate(split_indices(len(tr), len(sy), repeats, rng)):
-        rows["fd_s"].append(frechet_distance(fs[si], fr[a[:m]]))
-        rows["fd_r"].append(frechet_distance(fr[b], fr[a[:m]]))
-        rows["kid_s"].append(kernel_inception_distance(fs[si], fr[a], subset_size=m, n_subsets=kid_subsets,
-                                                       seed=seed + rep)["mean"])
-        rows["kid_r"].append(kernel_inception_distance(fr[b], fr[a], subset_size=m, n_subsets=kid_subsets,
-                                                       seed=seed + rep)["mean"])
-        rows["prdc_s"].append(prdc(fr[a], fs[si], k=k))
-        rows["prdc_r"].append(prdc(fr[a], fr[b], k=k))
-        ta = tr[torch.as_tensor(a)]
-        rows["int_s"].append(intensity_distance(sy[torch.as_tensor(si)], ta, modality=modality, ct_window=ct_window))
-        rows["int_r"].append(intensity_distance(tr[torch.as_tensor(b)], ta, modality=modality, ct_window=ct_window))
-    prdc_keys = ("precision", "recall", "density", "coverage")
-    int_keys = [key for key in rows["int_s"][0] if key != "mask_fraction_b"]
-    half = rng.permutation(len(tr))
-    div = {
-        "synthetic": mean_pairwise_ms_ssim(sy, n_pairs=ms_ssim_pairs, seed=seed),
-        "real": mean_pairwise_ms_ssim(tr, n_pairs=ms_ssim_pairs, seed=seed),
-        "real_half_a": mean_pairwise_ms_ssim(tr[torch.as_tensor(half[:h])], n_pairs=ms_ssim_pairs, seed=seed + 1),
-        "real_half_b": mean_pairwise_ms_ssim(tr[torch.as_tensor(half[h:])], n_pairs=ms_ssim_pairs, seed=seed + 2),
-        "settings": {k2: v for k2, v in ms_ssim_settings(tr.shape[2:]).items()},
-    }
-    fid = {
-        "protocol": (f"synthetic (m={m}) vs real half A (h={h}) against real half B (m={m}) vs real half A; "
-                     f"mean ± sd over {max(1, repeats)} random splits"),
-        "n_real_train": int(len(tr)), "n_synthetic": int(len(sy)), "m": int(m), "h": int(h),
-        "repeats": int(max(1, repeats)),
-        "fd": {"synthetic": _mean_sd(rows["fd_s"]), "floor": _mean_sd(rows["fd_r"])},
-        "kid": {"synthetic": _mean_sd(rows["kid_s"]), "floor": _mean_sd(rows["kid_r"]),
-                "kernel": "(x.y/F + 1)^3", "subsets_per_split": int(kid_subsets), "subset_size": int(m)},
-        "prdc": {"synthetic": _agg(rows["prdc_s"], prdc_keys), "floor": _agg(rows["prdc_r"], prdc_keys), "k": int(k)},
-        "intensity": {
-            "units": "normalised grey level [-1, 1]" if modality == "xray" else f"HU (window {ct_window})",
-            "mask_rule": (f"value > {body_threshold(modality, ct_window):.3f} (normalised)"
-                          + ("" if modality == "xray" else f", i.e. above max(-950 HU = {BODY_HU_THRESHOLD:g}, "
-                             "lowest 2.5 % of the window)")),
-            "synthetic": _agg(rows["int_s"], int_keys),
-            "floor": _agg(rows["int_r"], int_keys),
-        },
-        "diversity_ms_ssim": div,
-        "encoder": {
-            "kind": "convolutional autoencoder (bottleneck + texture statistics) trained on the real training images only",
-            "fingerprint": encoder_fingerprint(encoder),
-            "feature_dim": int(fr.shape[1]),
-            "train_info": dict(getattr(encoder, "train_info", {})),
-        },
-    }
-    if synth_labels is not None and train_labels is not None:
-        fid["per_class"] = per_class_fidelity(fr, np.asarray(train_labels).ravel(), fs,
-                                              np.asarray(synth_labels).ravel(), seed=seed, repeats=repeats)
-    figures: dict[str, bytes] = {"fig_samples.png": fig_samples(sy, tr, seed=seed),
-                                 "fig_intensity.png": _fig_intensity(tr, sy, modality, ct_window)}
+    with _stages(progress, len(EVALUATE_SETS_STAGES)) as prog:
+        rng = np.random.default_rng(seed)
+        prog.set_postfix("features")
+        fr = extract_features(encoder, tr)
+        fs = extract_features(encoder, sy)
+        prog.update(1)
+        prog.set_postfix("fidelity")
+        h = len(tr) // 2
+        m = min(h, len(sy))
+        k = prdc_k(m)
+        rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r")}
+        for rep, (a, b, si) in enumerate(split_indices(len(tr), len(sy), repeats, rng)):
+            rows["fd_s"].append(frechet_distance(fs[si], fr[a[:m]]))
+            rows["fd_r"].append(frechet_distance(fr[b], fr[a[:m]]))
+            rows["kid_s"].append(kernel_inception_distance(fs[si], fr[a], subset_size=m, n_subsets=kid_subsets,
+                                                           seed=seed + rep)["mean"])
+            rows["kid_r"].append(kernel_inception_distance(fr[b], fr[a], subset_size=m, n_subsets=kid_subsets,
+                                                           seed=seed + rep)["mean"])
+            rows["prdc_s"].append(prdc(fr[a], fs[si], k=k))
+            rows["prdc_r"].append(prdc(fr[a], fr[b], k=k))
+            ta = tr[torch.as_tensor(a)]
+            rows["int_s"].append(intensity_distance(sy[torch.as_tensor(si)], ta, modality=modality, ct_window=ct_window))
+            rows["int_r"].append(intensity_distance(tr[torch.as_tensor(b)], ta, modality=modality, ct_window=ct_window))
+        prdc_keys = ("precision", "recall", "density", "coverage")
+        int_keys = [key for key in rows["int_s"][0] if key != "mask_fraction_b"]
+        prog.update(1)
+        prog.set_postfix("diversity")
+        half = rng.permutation(len(tr))
+        div = {
+            "synthetic": mean_pairwise_ms_ssim(sy, n_pairs=ms_ssim_pairs, seed=seed),
+            "real": mean_pairwise_ms_ssim(tr, n_pairs=ms_ssim_pairs, seed=seed),
+            "real_half_a": mean_pairwise_ms_ssim(tr[torch.as_tensor(half[:h])], n_pairs=ms_ssim_pairs, seed=seed + 1),
+            "real_half_b": mean_pairwise_ms_ssim(tr[torch.as_tensor(half[h:])], n_pairs=ms_ssim_pairs, seed=seed + 2),
+            "settings": {k2: v for k2, v in ms_ssim_settings(tr.shape[2:]).items()},
+        }
+        fid = {
+            "protocol": (f"synthetic (m={m}) vs real half A (h={h}) against real half B (m={m}) vs real half A; "
+                         f"mean ± sd over {max(1, repeats)} random splits"),
+            "n_real_train": len(tr), "n_synthetic": len(sy), "m": int(m), "h": int(h),
+            "repeats": int(max(1, repeats)),
+            "fd": {"synthetic": _mean_sd(rows["fd_s"]), "floor": _mean_sd(rows["fd_r"])},
+            "kid": {"synthetic": _mean_sd(rows["kid_s"]), "floor": _mean_sd(rows["kid_r"]),
+                    "kernel": "(x.y/F + 1)^3", "subsets_per_split": int(kid_subsets), "subset_size": int(m)},
+            "prdc": {"synthetic": _agg(rows["prdc_s"], prdc_keys), "floor": _agg(rows["prdc_r"], prdc_keys), "k": int(k)},
+            "intensity": {
+                "units": "normalised grey level [-1, 1]" if modality == "xray" else f"HU (window {ct_window})",
+                "mask_rule": (f"value > {body_threshold(modality, ct_window):.3f} (normalised)"
+                              + ("" if modality == "xray" else f", i.e. above max(-950 HU = {BODY_HU_THRESHOLD:g}, "
+                                 "lowest 2.5 % of the window)")),
+                "synthetic": _agg(rows["int_s"], int_keys),
+                "floor": _agg(rows["int_r"], int_keys),
+            },
+            "diversity_ms_ssim": div,
+            "encoder": {
+                "kind": "convolutional autoencoder (bottleneck + texture statistics) trained on the real training images only",
+                "fingerprint": encoder_fingerprint(encoder),
+                "feature_dim": int(fr.shape[1]),
+                "train_info": dict(getattr(encoder, "train_info", {})),
+            },
+        }
+        if synth_labels is not None and train_labels is not None:
+            fid["per_class"] = per_class_fidelity(fr, np.asarray(train_labels).ravel(), fs,
+                                                  np.asarray(synth_labels).ravel(), seed=seed, repeats=repeats)
+        prog.update(1)
 
-    # ---- privacy: DCR / NNDR in pixel space
-    dcr, nndr = dcr_nndr(sy, tr)
-    ref_dcr, ref_nndr = dcr_nndr(tr, tr, exclude_self=True)
-    priv: dict[str, Any] = {
-        "space": "pixels (flattened, [-1, 1]), L2",
-        "dcr": distance_summary(dcr, ref_dcr),
-        "nndr": distance_summary(nndr, ref_nndr),
-        "reference": "leave-one-out training -> training",
-    }
-    dist_panels = {"synthetic → training": dcr, "training → training (LOO)": ref_dcr}
-    nndr_panels = {"synthetic → training": nndr, "training → training (LOO)": ref_nndr}
-    if ho is not None:
-        ho_dcr, ho_nndr = dcr_nndr(ho, tr)
-        priv["heldout_reference"] = {"dcr": distance_summary(dcr, ho_dcr), "nndr": distance_summary(nndr, ho_nndr)}
-        dist_panels["held-out → training"] = ho_dcr
-        nndr_panels["held-out → training"] = ho_nndr
-    priv["memorisation_flag"] = bool(priv["dcr"]["frac_below_real_p1"] > MEMORISATION_FLAG_FRACTION)
-    priv["flag_rule"] = f"dcr frac_below_real_p1 > {MEMORISATION_FLAG_FRACTION}"
-    figures["fig_dcr_nndr.png"] = _fig_distances([("DCR (pixel L2)", dist_panels), ("NNDR (d1 / d2)", nndr_panels)])
-    _, nn_idx = _nearest_index(sy, tr)
-    order = np.argsort(dcr, kind="stable")[:N_CLOSEST_PAIRS]
-    priv["closest_pairs"] = [{"synthetic_index": int(i), "train_index": int(nn_idx[i]), "dcr": float(dcr[i])} for i in order]
-    figures["fig_closest_pairs.png"] = fig_closest_pairs(sy[torch.as_tensor(order)], tr[torch.as_tensor(nn_idx[order])],
-                                                         dcr[order])
+        # ---- privacy: DCR / NNDR in pixel space
+        prog.set_postfix("privacy")
+        dcr, nndr = dcr_nndr(sy, tr)
+        ref_dcr, ref_nndr = dcr_nndr(tr, tr, exclude_self=True)
+        priv: dict[str, Any] = {
+            "space": "pixels (flattened, [-1, 1]), L2",
+            "dcr": distance_summary(dcr, ref_dcr),
+            "nndr": distance_summary(nndr, ref_nndr),
+            "reference": "leave-one-out training -> training",
+        }
+        dist_panels = {"synthetic → training": dcr, "training → training (LOO)": ref_dcr}
+        nndr_panels = {"synthetic → training": nndr, "training → training (LOO)": ref_nndr}
+        if ho is not None:
+            ho_dcr, ho_nndr = dcr_nndr(ho, tr)
+            priv["heldout_reference"] = {"dcr": distance_summary(dcr, ho_dcr), "nndr": distance_summary(nndr, ho_nndr)}
+            dist_panels["held-out → training"] = ho_dcr
+            nndr_panels["held-out → training"] = ho_nndr
+        priv["memorisation_flag"] = bool(priv["dcr"]["frac_below_real_p1"] > MEMORISATION_FLAG_FRACTION)
+        priv["flag_rule"] = f"dcr frac_below_real_p1 > {MEMORISATION_FLAG_FRACTION}"
+        _, nn_idx = _nearest_index(sy, tr)
+        order = np.argsort(dcr, kind="stable")[:N_CLOSEST_PAIRS]
+        priv["closest_pairs"] = [{"synthetic_index": int(i), "train_index": int(nn_idx[i]), "dcr": float(dcr[i])} for i in order]
+        prog.update(1)
 
-    # ---- membership inference
-    mia: dict[str, Any] = {}
-    if ho is None:
-        mia["skipped"] = "no held-out real images (the run trained on all rows): attacks need non-members"
-    else:
-        mia["n_members"], mia["n_nonmembers"] = int(len(tr)), int(len(ho))
-        mia["distance"] = membership_attack(distance_attack_scores(tr, sy), distance_attack_scores(ho, sy),
-                                            member_groups=train_groups, nonmember_groups=heldout_groups,
-                                            n_boot=n_boot, seed=seed)
-        mia["distance"]["score"] = "minus L2 distance (pixels) of a real image to its nearest synthetic image"
-        if d_score is None:
-            mia["discriminator"] = {"skipped": "no discriminator supplied"}
+        # ---- membership inference
+        prog.set_postfix("membership inference")
+        mia: dict[str, Any] = {}
+        if ho is None:
+            mia["skipped"] = "no held-out real images (the run trained on all rows): attacks need non-members"
         else:
-            try:
-                labels = None
-                if train_labels is not None and heldout_labels is not None:
-                    labels = np.r_[np.asarray(train_labels).ravel(), np.asarray(heldout_labels).ravel()]
-                s = np.asarray(d_score(torch.cat([tr, ho]), labels), dtype=np.float64)
-                mia["discriminator"] = membership_attack(s[: len(tr)], s[len(tr):], member_groups=train_groups,
-                                                         nonmember_groups=heldout_groups, n_boot=n_boot, seed=seed)
-                mia["discriminator"]["score"] = "discriminator logit (eval mode, no augmentation)"
-            except MedsynthError as exc:
-                logger.warning("discriminator attack skipped: %s", exc)
-                mia["discriminator"] = {"skipped": str(exc)}
-    priv["membership_inference"] = mia
+            mia["n_members"], mia["n_nonmembers"] = len(tr), len(ho)
+            mia["distance"] = membership_attack(distance_attack_scores(tr, sy), distance_attack_scores(ho, sy),
+                                                member_groups=train_groups, nonmember_groups=heldout_groups,
+                                                n_boot=n_boot, seed=seed)
+            mia["distance"]["score"] = "minus L2 distance (pixels) of a real image to its nearest synthetic image"
+            if d_score is None:
+                mia["discriminator"] = {"skipped": "no discriminator supplied"}
+            else:
+                try:
+                    labels = None
+                    if train_labels is not None and heldout_labels is not None:
+                        labels = np.r_[np.asarray(train_labels).ravel(), np.asarray(heldout_labels).ravel()]
+                    s = np.asarray(d_score(torch.cat([tr, ho]), labels), dtype=np.float64)
+                    mia["discriminator"] = membership_attack(s[: len(tr)], s[len(tr):], member_groups=train_groups,
+                                                             nonmember_groups=heldout_groups, n_boot=n_boot, seed=seed)
+                    mia["discriminator"]["score"] = "discriminator logit (eval mode, no augmentation)"
+                except MedsynthError as exc:
+                    logger.warning("discriminator attack skipped: %s", exc)
+                    mia["discriminator"] = {"skipped": str(exc)}
+        priv["membership_inference"] = mia
+        prog.update(1)
+
+        # ---- classifier two-sample test (its own seeded streams; the torch RNG of the caller is left as it was)
+        prog.set_postfix("two-sample test")
+        try:
+            fid["two_sample"] = two_sample_test(tr, sy, seed=seed, n_boot=n_boot, **(two_sample_kw or {}))
+        except MedsynthError as exc:
+            logger.warning("two-sample test skipped: %s", exc)
+            fid["two_sample"] = {"skipped": str(exc)}
+        prog.update(1)
+
+        # ---- figures
+        prog.set_postfix("figures")
+        figures: dict[str, bytes] = {
+            "fig_samples.png": fig_samples(sy, tr, seed=seed),
+            "fig_intensity.png": _fig_intensity(tr, sy, modality, ct_window),
+            "fig_dcr_nndr.png": _fig_distances([("DCR (pixel L2)", dist_panels), ("NNDR (d1 / d2)", nndr_panels)]),
+            "fig_closest_pairs.png": fig_closest_pairs(sy[torch.as_tensor(order)], tr[torch.as_tensor(nn_idx[order])],
+                                                       dcr[order]),
+        }
+        prog.update(1)
     result = {"modality": modality, "image_shape": list(tr.shape[1:]), "seed": int(seed),
               "fidelity": fid, "privacy": priv, "seconds": round(time.perf_counter() - t0, 1)}
     return result, figures
@@ -455,6 +517,29 @@ def _auc(d: dict | None) -> str:
     return f"{_f(d['auroc'])} [{_f(d['lo'])}, {_f(d['hi'])}]"
 
 
+def _ci(d: dict | None) -> str:
+    """``0.981 [0.968, 0.992]`` of ``{"auroc", "ci": [lo, hi]}`` (``–`` when missing)."""
+    if not d or d.get("auroc") is None:
+        return "–"
+    lo, hi = (d.get("ci") or [None, None])[:2]
+    return f"{_f(d['auroc'])} [{_f(lo)}, {_f(hi)}]"
+
+
+def two_sample_table(ts: dict) -> tuple[str, list[str], list[list[str]]]:
+    """``(title, header, rows)`` of the classifier two-sample test (``fidelity.two_sample``)."""
+    header = ["test", "synthetic vs real: AUROC [95% CI]", "real half vs real half (floor)", "p (AUROC > 0.5)",
+              "reading"]
+    label = "two-sample classifier AUROC"
+    if "skipped" in ts:
+        return "Fidelity: two-sample classifier test", header, [[label, "–", "–", "–", f"skipped: {ts['skipped']}"]]
+    fl = ts.get("floor") or {}
+    title = (f"Fidelity: two-sample classifier test (a small CNN trained to tell synthetic from real images; m = "
+             f"{ts.get('m')} of each, {ts.get('folds')}-fold cross-fitting, out-of-fold AUROC, bootstrap CI"
+             + (f"; floor on {fl['n_per_side']} + {fl['n_per_side']} real images" if fl.get("n_per_side") else "")
+             + ")")
+    return title, header, [[label, _ci(ts), _ci(fl) if fl else "–", _f(ts.get("p_value")), TWO_SAMPLE_READING]]
+
+
 def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """``[(title, header, rows)]`` of an evaluation result (for Markdown and the report)."""
     fid, priv = ev.get("fidelity", {}), ev.get("privacy", {})
@@ -474,10 +559,13 @@ def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      "higher" if key == "hist_intersection" else ("≈ floor" if key.startswith("mask") else "lower")])
     dv = fid["diversity_ms_ssim"]
     rows.append(["mean pairwise MS-SSIM (diversity)", f"{_f(dv['synthetic']['mean'])} (synthetic)",
-                 f"{_f(dv['real_half_a']['mean'])} / {_f(dv['real_half_b']['mean'])} (real halves A / B); "
-                 f"{_f(dv['real']['mean'])} all real", "≈ real; higher = mode collapse"])
+                 (f"{_f(dv['real_half_a']['mean'])} / {_f(dv['real_half_b']['mean'])} (real halves A / B); "
+                 f"{_f(dv['real']['mean'])} all real"), "≈ real; higher = mode collapse"])
     out.append(("Fidelity (synthetic vs real, with the real-vs-real floor)",
                 ["metric", "synthetic vs real A (mean ± sd)", "real B vs real A (floor)", "better"], rows))
+    ts = fid.get("two_sample")
+    if ts is not None:  # evaluations written before the test have none
+        out.append(two_sample_table(ts))
     pc = fid.get("per_class")
     if pc:
         rows = []
@@ -507,8 +595,8 @@ def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             d = mia.get(key, {})
             rows.append([lab, _auc(d.get("attack", d)), _auc(d.get("control")) if "control" in d else "–",
                          _f(d.get("excess_over_control")) if "excess_over_control" in d else "–"])
-        out.append((f"Privacy: membership inference ({mia.get('n_members')} training vs {mia.get('n_nonmembers')} "
-                    "held-out real images; AUROC [95% bootstrap CI])",
+        out.append(((f"Privacy: membership inference ({mia.get('n_members')} training vs {mia.get('n_nonmembers')} "
+                    "held-out real images; AUROC [95% bootstrap CI])"),
                     ["attack", "training vs held-out", "control: held-out half vs half", "attack - control"], rows))
     return out
 
@@ -527,9 +615,9 @@ def evaluation_markdown(ev: dict) -> str:
     lines += ["", f"**Memorisation flag: {'YES' if flag else 'no'}** (raised when {ev['privacy'].get('flag_rule')})."]
     inc = ev["fidelity"].get("inception_fid")
     if inc:
-        lines += ["", f"Inception FID (user-supplied weights `{Path(inc['weights']).name}`, {inc['feature_dim']} "
+        lines += ["", (f"Inception FID (user-supplied weights `{Path(inc['weights']).name}`, {inc['feature_dim']} "
                       f"features, n = {inc['n']}): **{inc['fid']:.2f} ± {inc['fid_sd']:.2f}** against a real-vs-real "
-                      f"floor of {inc['floor']:.2f} ± {inc['floor_sd']:.2f}."]
+                      f"floor of {inc['floor']:.2f} ± {inc['floor_sd']:.2f}.")]
     if ev.get("dp"):
         lines += ["", f"Differential privacy: {ev['dp']}"]
     for title, header, rows in evaluation_tables(ev):
@@ -610,7 +698,12 @@ def evaluate_run(
     """
     from medsynth.data.dataset import load_image_set, load_two_domains
     from medsynth.runs import data_root as declared_root
-    from medsynth.runs import describe_dp, images_fingerprint, load_trained, read_data_source, shareable_source
+    from medsynth.runs import (
+        images_fingerprint,
+        load_trained,
+        read_data_source,
+        shareable_source,
+    )
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -622,7 +715,7 @@ def evaluate_run(
                                      "Write translations with `medsynth generate RUN --from FOLDER` and score them "
                                      "as a synthetic set (`python -m pipelines.studies.lesion_insertion` does this)")
     d = cfg.data
-    kw = dict(modality=d.modality, size=d.size, spatial_dims=d.spatial_dims, split=None, ct_window=d.ct_window)
+    kw = {"modality": d.modality, "size": d.size, "spatial_dims": d.spatial_dims, "split": None, "ct_window": d.ct_window}
     if real is None:
         source, source_b = read_data_source(run_dir)
         ds = load_two_domains(source, source_b, **kw) if source_b is not None else load_image_set(source, **kw)
@@ -640,10 +733,28 @@ def evaluate_run(
         logger.warning("evaluate: fewer than 4 held-out real images; membership-inference attacks skipped")
     out_dir = run_dir / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # stages: sampling, the encoder, evaluate_sets' stages, [Inception FID], writing
+    prog = Progress("evaluate", total=3 + len(EVALUATE_SETS_STAGES) + (inception_weights is not None), unit="stages")
+    with prog:
+        return _evaluate_run_stages(prog, run_dir, out_dir, cfg, model, ck, tr, ho, real_name, count=count, seed=seed,
+                                    encoder=encoder, encoder_steps=encoder_steps, repeats=repeats, n_boot=n_boot,
+                                    inception_weights=inception_weights, inception_input=inception_input)
+
+
+def _evaluate_run_stages(prog: Progress, run_dir: Path, out_dir: Path, cfg, model, ck: dict, tr, ho, real_name: str,
+                         *, count: int, seed: int, encoder, encoder_steps: int, repeats: int, n_boot: int,
+                         inception_weights, inception_input: str) -> Path:
+    """:func:`evaluate_run` from sampling on, advancing ``prog`` by one per stage."""
+    from medsynth.runs import describe_dp, images_fingerprint
+
+    d = cfg.data
+    prog.set_postfix("sampling")
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(count) % model.num_classes) if model.num_classes > 0 else None
     with torch.no_grad():
         syn = model.sample(count, labels=labels, generator=g).float().clamp(-1, 1)
+    prog.update(1)
+    prog.set_postfix("encoder")
     if isinstance(encoder, nn.Module):
         enc, enc_src = encoder, "supplied by the caller"
     elif encoder is not None:
@@ -652,6 +763,7 @@ def evaluate_run(
         enc = train_feature_encoder(tr.images, seed=seed, steps=encoder_steps)
         save_encoder(enc, out_dir / "encoder.pt")
         enc_src = "trained here on the training images, saved as evaluate/encoder.pt"
+    prog.update(1)
 
     conditional = model.num_classes > 0
     known = bool((tr.labels >= 0).all()) and (ho is None or bool((ho.labels >= 0).all()))
@@ -668,15 +780,18 @@ def evaluate_run(
         heldout_groups=None if ho is None else ho.patient_ids, d_score=d_score,
         train_labels=tr.labels.numpy(), heldout_labels=None if ho is None else ho.labels.numpy(),
         synth_labels=None if labels is None else labels.numpy(),
-        seed=seed, repeats=repeats, n_boot=n_boot,
+        seed=seed, repeats=repeats, n_boot=n_boot, progress=prog,
     )
     ev["fidelity"]["encoder"]["source"] = enc_src
     if inception_weights is not None:
         from medsynth.metrics.inception import inception_fid, load_inception
 
+        prog.set_postfix("Inception FID")
         res = inception_fid(load_inception(inception_weights), tr.images, syn, input_range=inception_input,
                             seed=seed, repeats=repeats)
         ev["fidelity"]["inception_fid"] = {**res, "weights": Path(inception_weights).name}
+        prog.update(1)
+    prog.set_postfix("writing")
     train_fp = images_fingerprint(tr.images, tr.labels)
     if d.fingerprint is not None and train_fp != d.fingerprint:
         logger.warning("evaluate: the training split of the real data (fingerprint %s) is not the run's training "
@@ -685,4 +800,7 @@ def evaluate_run(
                "real_source": real_name, "real_train_fingerprint": train_fp,
                "run_data_fingerprint": d.fingerprint, "train_split": d.split, "n_synthetic_sampled": int(count),
                "dp": describe_dp(ck.get("dp", {}).get("summary")), "dp_accounting": ck.get("dp", {}).get("summary")})
-    return write_evaluation(ev, figs, out_dir)
+    path = write_evaluation(ev, figs, out_dir)
+    prog.update(1)
+    prog.set_postfix("")
+    return path

@@ -34,6 +34,8 @@ class DCGANParams(VariantParams):
         d_cond: how D sees the class (``projection`` or ``channel``).
         g_cond: how G sees the class (``embed`` or ``onehot``).
         g_norm: normalisation in G.
+        g_up: how G doubles its resolution: ``transposed`` (4x4 stride-2 transposed convolution) or
+            ``nearest`` (nearest-neighbour doubling + 3x3 convolution; no checkerboard pattern).
     """
 
     real_target: float = 0.9
@@ -42,6 +44,7 @@ class DCGANParams(VariantParams):
     g_norm: str = "batch"
     d_cond: str = "channel"
     g_cond: str = "onehot"
+    g_up: str = "transposed"
 
 
 @register_model("dcgan")
@@ -77,7 +80,7 @@ class DCGAN(GANVariant):
         self.p = DCGANParams.from_dict(cfg.params, "dcgan")
         c, s, d = cfg.channels, cfg.size, cfg.spatial_dims
         self.G = DCGenerator(cfg.latent_dim, s, c, cfg.width, cfg.num_classes, d, norm=self.p.g_norm,
-                             cond=self.p.g_cond)
+                             cond=self.p.g_cond, up=self.p.g_up)
         self.D = DCDiscriminator(s, c, cfg.width, cfg.num_classes, d, norm=self.p.d_norm, mbstd=self.p.mbstd,
                                  cond=self.p.d_cond)
         init_dcgan_weights(self.G)

@@ -105,14 +105,20 @@ class DCGenerator(nn.Module):
         num_classes: > 0 makes G class-conditional (see ``cond``).
         cond: ``"embed"`` concatenates a learned class embedding to z; ``"onehot"`` a one-hot label.
         spatial_dims: 2 or 3.
+        up: ``"transposed"`` (stride-2 4x4 transposed convolutions, the paper's) or ``"nearest"``
+            (nearest-neighbour doubling then a 3x3 convolution: no checkerboard pattern from uneven
+            kernel overlap, Odena et al. 2016).
     Shapes: z ``(N, latent_dim)``, labels ``(N,)`` -> ``(N, channels, *[size]*d)`` in [-1, 1].
     """
 
     def __init__(self, latent_dim: int, size: int, channels: int = 1, width: int = 32,
-                 num_classes: int = 0, spatial_dims: int = 2, norm: str = "batch", cond: str = "onehot"):
+                 num_classes: int = 0, spatial_dims: int = 2, norm: str = "batch", cond: str = "onehot",
+                 up: str = "transposed"):
         super().__init__()
         if cond not in ("embed", "onehot"):
             raise ValueError(f"cond must be 'embed' or 'onehot', got {cond!r}")
+        if up not in ("transposed", "nearest"):
+            raise ValueError(f"up must be 'transposed' or 'nearest', got {up!r}")
         d = spatial_dims
         n_up = num_doublings(size)
         self.num_classes = num_classes
@@ -122,14 +128,20 @@ class DCGenerator(nn.Module):
         self.seed_shape = (c0,) + (4,) * d
         self.fc = nn.Linear(in_dim, c0 * 4**d)
         self.fc_act = nn.Sequential(norm_layer(norm, c0, d), nn.ReLU(inplace=True))
-        ConvT = conv_cls(d, transposed=True)
+        ConvT, Conv = conv_cls(d, transposed=True), conv_cls(d)
+
+        def double(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
+            if up == "transposed":
+                return [ConvT(c_in, c_out, 4, 2, 1, bias=bias)]
+            return [nn.Upsample(scale_factor=2, mode="nearest"), Conv(c_in, c_out, 3, 1, 1, bias=bias)]
+
         blocks: list[nn.Module] = []
         c = c0
         for k in range(n_up - 1):
             c_next = width * min(8, 2 ** (n_up - 2 - k))
-            blocks += [ConvT(c, c_next, 4, 2, 1, bias=False), norm_layer(norm, c_next, d), nn.ReLU(inplace=True)]
+            blocks += [*double(c, c_next, False), norm_layer(norm, c_next, d), nn.ReLU(inplace=True)]
             c = c_next
-        blocks += [ConvT(c, channels, 4, 2, 1), nn.Tanh()]
+        blocks += [*double(c, channels, True), nn.Tanh()]
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -188,6 +188,7 @@ def generate_sample_data(
     ct_grid: dict | None = None,
     xray_view: str = XRAY_VIEW,
     roi: dict | None = None,
+    n_chest: int = 0,
 ) -> Path:
     """Write a phantom chest dataset (DICOM DX, PNG, NIfTI slices/volumes, DICOM CT series).
 
@@ -212,6 +213,9 @@ def generate_sample_data(
             2D CT slices.
         xray_view: radiograph view, ``"lung_spot"`` (default, :data:`XRAY_ROI`) or ``"chest"``.
         roi: overrides keys of :data:`XRAY_ROI` (lung-spot view).
+        n_chest: also write the whole-chest demo folder ``chest/`` of the first ``n_chest``
+            patients (:func:`write_chest_demo`; not in the manifest: a folder of unlabelled DICOM
+            files, as a hospital export would be).
 
     Returns:
         Path of ``manifest.csv``. Its columns: ``patient_id, modality, format, kind, path,
@@ -335,5 +339,55 @@ def generate_sample_data(
             "split", "photometric", "texture", "shape", "source"]
     df = df[cols]
     manifest = write_csv(out / "manifest.csv", df)
+    if n_chest > 0:
+        write_chest_demo(out / CHEST_DEMO_DIR, n=n_chest, seed=seed, size=xray_size, grid=xray_grid)
     log.info("wrote %d rows for %d patients to %s", len(df), n_xray, manifest)
     return manifest
+
+
+#: folder of the whole-chest demo radiographs inside a sample-data set
+CHEST_DEMO_DIR = "chest"
+
+
+def write_chest_demo(out_dir: str | Path, *, n: int, seed: int = 0, size: int = 64, grid: dict | None = None) -> Path:
+    """Write whole-chest phantom radiographs as a plain folder of DICOM DX files (no manifest, no labels).
+
+    The first thing a newcomer trains on (``medsynth train --modality xray`` without ``--data``): the
+    view a person expects of a chest radiograph (384 mm field: lungs, heart, ribs, clavicles, spine),
+    and the situation of a hospital export (a folder of DICOM files that carry no class label). The
+    patients are those of :func:`generate_sample_data` with the same ``seed`` (same anatomy and
+    nodules, whole-chest view: at 6 mm pixels a 20 mm nodule is 3 pixels wide, so these images serve
+    the demo, not the detection task). Files are ``PHANTOM-nnnn.dcm``, identities phantom labels.
+
+    Args:
+        out_dir: output folder (created).
+        n: number of patients (indices ``0 .. n - 1``).
+        seed: dataset seed (the same as the lung-spot set's for the same patients).
+        size: image side, pixels.
+        grid: overrides :data:`XRAY_GRID`.
+
+    Returns:
+        ``out_dir``.
+    """
+    from pydicom.uid import generate_uid
+
+    from medsynth.data.writers import write_dicom_dx
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    uid_root = f"medsynth-sample-{seed}"
+    for i in range(int(n)):
+        pid = patient_id(i)
+        ss, arng, nrng = _streams(seed, i)
+        acq = _acquisition(arng)
+        p = xray_patient(ss, seed, i, "chest", grid)
+        r = simulate_radiograph(p, nrng, size=size, photons=acq.photons, scatter_fraction=acq.scatter_fraction,
+                                gamma=acq.gamma)
+        write_dicom_dx(out / f"{pid}.dcm", r.pixels, pixel_spacing=r.pixel_spacing, photometric=acq.photometric,
+                       patient_id=pid, patient_name=f"Phantom^{i:04d}",
+                       study_uid=generate_uid(entropy_srcs=[uid_root, pid, "study-xray"]),
+                       series_uid=generate_uid(entropy_srcs=[uid_root, pid, "series-xray-chest"]),
+                       sop_uid=generate_uid(entropy_srcs=[uid_root, pid, "dx-chest"]),
+                       series_description="medsynth chest phantom radiograph, chest view (synthetic phantom)")
+    log.info("whole-chest demo: %d radiographs -> %s", n, out)
+    return out

@@ -74,6 +74,11 @@ class Evaluation:
         return self.data["privacy"]
 
     @property
+    def two_sample(self) -> dict | None:
+        """The classifier two-sample test (``fidelity.two_sample``); ``None`` in evaluations written before it."""
+        return self.data["fidelity"].get("two_sample")
+
+    @property
     def step(self) -> int | None:
         return self.data.get("step")
 

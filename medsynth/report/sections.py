@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from medsynth.figures import new_figure, png_bytes
-from medsynth.metrics.evaluate import evaluation_tables
+from medsynth.metrics.evaluate import TWO_SAMPLE_READING, evaluation_tables
 from medsynth.report.model import ReportModel
 from medsynth.report.render import Document
 from medsynth.results import jsonable
@@ -190,6 +190,19 @@ def benchmark_headline(bench: dict) -> dict:
             "arms": out}
 
 
+def two_sample_headline(ts: dict | None) -> dict | None:
+    """The summary's figures of the classifier two-sample test: ``{"auroc", "lo", "hi", "p_value",
+    "floor_auroc", "floor_lo", "floor_hi", "m"}``, ``{"skipped": reason}``, or ``None`` when the
+    evaluation has no test (written before it)."""
+    if ts is None or "skipped" in ts:
+        return None if ts is None else {"skipped": ts["skipped"]}
+    fl = ts.get("floor") or {}
+    lo, hi = ts["ci"]
+    flo, fhi = fl.get("ci") or [None, None]
+    return {"auroc": ts["auroc"], "lo": lo, "hi": hi, "p_value": ts.get("p_value"), "floor_auroc": fl.get("auroc"),
+            "floor_lo": flo, "floor_hi": fhi, "m": ts["m"]}
+
+
 def headline(m: ReportModel) -> dict:
     """The summary's figures: benchmark differences, memorisation, membership inference, fidelity."""
     ev = m.evaluation
@@ -222,6 +235,7 @@ def headline(m: ReportModel) -> dict:
         "ms_ssim": [fid["diversity_ms_ssim"]["synthetic"]["mean"], fid["diversity_ms_ssim"]["real"]["mean"]],
         "matched_n": fid["m"],
         "encoder_fingerprint": fid["encoder"]["fingerprint"],
+        "two_sample": two_sample_headline(ev.two_sample),
     }
     return {"benchmark": None if m.benchmark is None else benchmark_headline(m.benchmark.data),
             "memorisation": mem, "membership_inference": mia, "fidelity": fidelity}
@@ -322,6 +336,20 @@ def summary(m: ReportModel) -> Section:
             *[[f"{k} (k-NN manifold)", *fh[k], "higher (≈ floor)"] for k in ("precision", "recall", "density",
                                                                             "coverage")],
             ["mean pairwise MS-SSIM (diversity; floor = all real)", *fh["ms_ssim"], "≈ real; higher = collapse"]]
+    ts = fh["two_sample"]
+    if ts is None:
+        doc.p("**Two-sample classifier test:** not in this evaluation (written before the test existed); rerun "
+              "`medsynth evaluate` to add it.")
+    elif "skipped" in ts:
+        doc.p(f"**Two-sample classifier test:** skipped by the evaluation: {ts['skipped']}.")
+    else:
+        doc.p(f"**Two-sample classifier test.** A small CNN trained to tell synthetic from real images (m = "
+              f"{fmt(ts['m'])} of each, cross-fitted, scored on images it did not train on) reaches AUROC "
+              f"**{_ci_text(ts['auroc'], ts['lo'], ts['hi'])}** (p = {fmt(ts['p_value'])} against 0.5), against a "
+              f"floor of {_ci_text(ts['floor_auroc'], ts['floor_lo'], ts['floor_hi'])} between two halves of the real "
+              f"images ({TWO_SAMPLE_READING}).")
+        rows.append(["two-sample classifier AUROC (0.5 = indistinguishable)", ts["auroc"], ts["floor_auroc"],
+                     "lower (≈ floor ≈ 0.5)"])
     doc.table(["metric", "synthetic vs real", "real vs real (floor)", "better"],
               [[r[0], fmt(r[1]), fmt(r[2]), r[3]] for r in rows])
     return Section("headline", doc, h)
@@ -390,6 +418,10 @@ def fidelity(m: ReportModel) -> Section:
     doc.p("Reading: synthetic ≈ floor, the synthetic images are as close to the real ones as real images are to "
           "each other; far above it, distinguishable; well below it, closer to the training images than new "
           "real images would be — check the privacy section for copies.")
+    if ev.two_sample is not None:
+        doc.p("The two-sample classifier test is a second judge that learns its own features (a small CNN trained "
+              "to tell synthetic from real images, scored on images it did not train on): it sees what the fixed "
+              f"encoder may miss, such as noise, texture or upsampling artefacts. {TWO_SAMPLE_READING}.")
     _evaluation_tables(m, "Fidelity", doc)
     inc = fid.get("inception_fid")
     if inc:

@@ -61,3 +61,58 @@ class GridWriter:
             self._cpu_copy = build_model(self.model_cfg)
         self._cpu_copy.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
         return self._cpu_copy
+
+
+def side_by_side(synthetic: torch.Tensor, real: torch.Tensor, *, title_synthetic: str, title_real: str,
+                 nrow: int = 8, scale: int = 2) -> Image.Image:
+    """One picture: a grid of ``synthetic`` images left, an equal grid of ``real`` images right.
+
+    Args:
+        synthetic, real: ``(N, 1, H, W)`` (or ``(N, 1, D, H, W)``: central slices) in [-1, 1]; the
+            same N each.
+        title_synthetic, title_real: captions written above each grid.
+        nrow: images per row.
+        scale: nearest-neighbour enlargement (64² images are small on a screen).
+
+    Returns:
+        A greyscale PIL image.
+    """
+    from PIL import ImageDraw
+
+    a, b = make_grid(synthetic, nrow), make_grid(real, nrow)
+    h, w = a.shape
+    gap, top = 24, 22
+    canvas = Image.new("L", (2 * w * scale + gap, h * scale + top), color=255)
+    for k, (arr, title) in enumerate(((a, title_synthetic), (b, title_real))):
+        x0 = k * (w * scale + gap)
+        canvas.paste(Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST), (x0, top))
+        ImageDraw.Draw(canvas).text((x0 + 2, 4), title, fill=0)
+    return canvas
+
+
+def write_final_picture(model, real: torch.Tensor, path: str | Path, *, n: int, seed: int,
+                        step: int) -> Path:
+    """The end-of-run picture: the last grid's samples (the fixed latents of :class:`GridWriter`)
+    beside ``n`` real training images drawn at random (seeded), written atomically as PNG.
+
+    It shows real training images: the CLI writes it under ``RUN/local/``, the part of a run that
+    is never shared.
+
+    Args:
+        model: the trained variant (its EMA generator samples).
+        real: ``(N, 1, *S)`` real training images in [-1, 1].
+        path: the PNG to write.
+        n: images per side.
+        seed: the run's seed (the latents are the grids' ``seed + 12345``; the real draw uses ``seed``).
+        step: the step the samples are from (caption).
+    """
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(int(seed) + 12345)
+        labels = None if model.num_classes <= 0 else torch.arange(n) % model.num_classes
+        x = model.sample(n, labels=labels, generator=g).detach().cpu()
+        idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    pic = side_by_side(x, real[idx.sort().values].cpu(), title_synthetic=f"synthetic (step {step})",
+                       title_real=f"real training images ({len(idx)} at random)")
+    with atomic_path(path, ".png") as tmp:
+        pic.save(tmp, format="PNG")
+    return Path(path)

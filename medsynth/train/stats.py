@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from medsynth.progress import Progress
 from medsynth.train import distributed as ddp
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class TickWriter:
         device: the training device (stats tensors live there).
         extra: called at each tick for more entries (the privacy hooks' ``stats``).
         on_tick: called with each line (rank 0 only).
-        progress: show a tqdm bar (rank 0 only), starting at ``start_step``.
+        progress: report progress (rank 0 only), starting at ``start_step``: a bar on a terminal,
+            plain ``n/N steps, elapsed, left`` log lines otherwise (:mod:`medsynth.progress`).
         start_step: the step training starts (or resumes) at.
     """
 
@@ -88,9 +90,7 @@ class TickWriter:
         self.info, self.device, self.extra, self.on_tick = info, device, extra, on_tick
         self.bar = None
         if progress and info.is_main:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.steps, initial=start_step, unit="step", dynamic_ncols=True)
+            self.bar = Progress("train", self.steps, "steps", initial=start_step)
         self.tick_t = time.perf_counter()
 
     def step_done(self, step: int) -> bool:
@@ -111,7 +111,7 @@ class TickWriter:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             if self.bar is not None:
-                self.bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if k.startswith("loss/")})
+                self.bar.set_postfix(", ".join(f"{k}={v:.3f}" for k, v in line.items() if k.startswith("loss/")))
             if self.on_tick is not None:
                 self.on_tick(line)
         tally.clear()
