@@ -19,6 +19,15 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return Path(path)
 
 
+def fixed_samples(model, n: int, seed: int) -> torch.Tensor:
+    """The ``n`` samples of a run's grids: latents from a CPU generator seeded ``seed + 12345``,
+    classes in turn; the global CPU RNG is left as it was. ``(n, C, *S)`` in [-1, 1]."""
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(int(seed) + 12345)
+        labels = None if model.num_classes <= 0 else torch.arange(n) % model.num_classes
+        return model.sample(n, labels=labels, generator=g)
+
+
 class GridWriter:
     """Writes ``run_dir/samples/step_NNNNNN.png``: the model's samples of fixed latents (rank 0).
 
@@ -45,12 +54,8 @@ class GridWriter:
         """The grid of the model after ``step`` steps."""
         if not self.info.is_main:
             return
-        with torch.random.fork_rng(devices=[]):
-            g = torch.Generator().manual_seed(self.seed + 12345)
-            src = self._source()
-            labels = None if src.num_classes <= 0 else torch.arange(self.n) % src.num_classes
-            x = src.sample(self.n, labels=labels, generator=g)
-            save_grid(x, self.run_dir / "samples" / f"step_{step:06d}.png", nrow=8)
+        save_grid(fixed_samples(self._source(), self.n, self.seed), self.run_dir / "samples" / f"step_{step:06d}.png",
+                  nrow=8)
 
     def _source(self):
         if self.device.type == "cpu":
@@ -106,11 +111,8 @@ def write_final_picture(model, real: torch.Tensor, path: str | Path, *, n: int, 
         seed: the run's seed (the latents are the grids' ``seed + 12345``; the real draw uses ``seed``).
         step: the step the samples are from (caption).
     """
-    with torch.random.fork_rng(devices=[]):
-        g = torch.Generator().manual_seed(int(seed) + 12345)
-        labels = None if model.num_classes <= 0 else torch.arange(n) % model.num_classes
-        x = model.sample(n, labels=labels, generator=g).detach().cpu()
-        idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    x = fixed_samples(model, n, seed).detach().cpu()
+    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(int(seed)))[:n]
     pic = side_by_side(x, real[idx.sort().values].cpu(), title_synthetic=f"synthetic (step {step})",
                        title_real=f"real training images ({len(idx)} at random)")
     with atomic_path(path, ".png") as tmp:
