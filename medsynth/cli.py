@@ -3,10 +3,12 @@
 Typical session::
 
     medsynth train --modality xray                 # embedded phantom radiographs, ~5 min on 2 cores
-    medsynth generate runs/00000-xray-dcgan --count 400 --format dicom
+    medsynth generate runs/00000-xray-dcgan --count 400 --format dicom   # release gate on by default
     medsynth augment --synthetic runs/00000-xray-dcgan/synthetic/manifest.csv --out aug/
     medsynth benchmark --data sample_data/manifest.csv --synthetic runs/00000-xray-dcgan
     medsynth report runs/00000-xray-dcgan
+    medsynth reader-study build --synthetic runs/00000-xray-dcgan --out cases/   # blinded visual Turing test
+    medsynth reader-study score --key cases_key --answers reader1.csv --out reader-results/
 
 One vocabulary: an option name means the same thing, with the same type, on every command.
 
@@ -279,6 +281,28 @@ def _load_set(source: str, *, modality: str, size: int, spatial_dims: int, ct_wi
     return load_image_set(_data_source(source), **kw)
 
 
+def _load_training_set(source: str, d, domain_b: str | None):
+    """``train``'s images: in memory or streamed from the disk cache as ``data.stream`` decides
+    (:func:`medsynth.data.stream.load_training_data`). Returns ``(ImageSet | StreamSet, LoadDecision)``."""
+    from medsynth.data.stream import load_training_data
+
+    return load_training_data(_data_source(source), modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
+                              split=d.split, ct_window=d.ct_window,
+                              domain_b=None if domain_b is None else _data_source(domain_b), stream=d.stream,
+                              cache_dir=d.cache_dir, memory_budget_mb=d.memory_budget_mb)
+
+
+def _set_fingerprint(ds, select=None) -> str:
+    """:func:`medsynth.runs.images_fingerprint` of a loaded training set, in memory or streamed (the
+    same value for the same images): all images with their labels, or the images at ``select``."""
+    from medsynth.data.stream import StreamSet
+    from medsynth.runs import images_fingerprint
+
+    if isinstance(ds, StreamSet):
+        return ds.fingerprint() if select is None else ds.fingerprint(select, with_labels=False)
+    return images_fingerprint(ds.images, ds.labels) if select is None else images_fingerprint(ds.images[select])
+
+
 def _demo_default(cfg, conditional: bool | None) -> bool:
     """Whether a new run without ``--data`` trains on the whole-chest demo folder: 2D X-ray, a model
     that can train without labels, and no ``--conditional`` (the others get the labelled lung-spot set)."""
@@ -321,10 +345,10 @@ def _record_data(cfg, ds, source: str, *, resume: bool, data_root: Path | None) 
     content fingerprint) and ``cfg.data.fingerprint`` the loaded set's. Resume: data other than the
     run's (another fingerprint) is refused, so the continued run stays exact."""
     from medsynth.runs import data_root as declared_root
-    from medsynth.runs import images_fingerprint, shareable_source
+    from medsynth.runs import shareable_source
 
     d = cfg.data
-    fp = images_fingerprint(ds.images, ds.labels)
+    fp = _set_fingerprint(ds)
     if resume:
         if d.fingerprint is not None and fp != d.fingerprint:
             raise MedsynthError(source, f"holds other images than the run was trained on (fingerprint {fp}, the "
@@ -334,9 +358,8 @@ def _record_data(cfg, ds, source: str, *, resume: bool, data_root: Path | None) 
     if d.domain_b is None:
         d.source = shareable_source(d.source, fingerprint=fp, root=root)
     else:
-        d.source = shareable_source(d.source, fingerprint=images_fingerprint(ds.images[ds.labels == 0]), root=root)
-        d.domain_b = shareable_source(d.domain_b, fingerprint=images_fingerprint(ds.images[ds.labels == 1]),
-                                      root=root)
+        d.source = shareable_source(d.source, fingerprint=_set_fingerprint(ds, ds.labels == 0), root=root)
+        d.domain_b = shareable_source(d.domain_b, fingerprint=_set_fingerprint(ds, ds.labels == 1), root=root)
     d.fingerprint = fp
 
 
@@ -500,12 +523,13 @@ def train(
         source, source_b = _training_paths(cfg, resume, data=data, domain_a=domain_a, domain_b=domain_b,
                                            conditional=conditional)
         t0 = time.perf_counter()
-        ds = _load_set(source, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims,
-                       ct_window=d.ct_window, split=d.split, domain_b=source_b)
+        ds, loading = _load_training_set(source, d, source_b)
         demo = resume is None and _is_default(cfg.data.source) and Path(source).name == "chest"
         typer.echo(f"data: {len(ds)} {d.modality} images {tuple(ds.images.shape[1:])} from {source} "
                    + (f"({DEMO_NOTE})" if demo else f"(split {d.split})")
                    + f" in {time.perf_counter() - t0:.1f}s", err=True)
+        if loading.stream:
+            typer.echo(f"data: {loading.line()}; cache {ds.images.files[0].path.parent}", err=True)
         if _train_unconditionally(cfg, ds, resume=resume, conditional=conditional):
             cfg.model.num_classes = 0
             cfg = check_config(cfg)
@@ -517,7 +541,7 @@ def train(
         if run_dir is None:
             run_dir = stack.enter_context(fresh_run_dir(cfg.train.out, f"{d.modality}-{cfg.model.name}"))
         write_data_source(run_dir, source, source_b)  # the only record of the input path: RUN/local/
-        write_data_report(run_dir, len(ds), ds.skipped)
+        write_data_report(run_dir, len(ds), ds.skipped, loading=loading.record())
         typer.echo(f"run: {run_dir}", err=True)
         for key, (before, after) in changes.items():
             typer.echo(f"resume: {key} {before} -> {after}", err=True)
@@ -597,33 +621,56 @@ def generate(
     direction: Annotated[Direction, typer.Option(help="translation direction with --from")] = Direction.a2b,
     pairs: Annotated[bool, typer.Option(
         "--pairs/--no-pairs", help="write aligned pairs of both domains (CoGAN)")] = False,
+    seg: Annotated[bool, typer.Option(
+        "--seg/--no-seg", help="with --pairs --format dicom: domain 2 is a mask; write it as DICOM SEG files "
+                               "(OUT/domain1/*_seg.dcm, seg.csv) referencing domain 1's images, thresholded at 0; "
+                               "with --from --format dicom (CycleGAN): the region each translation made denser "
+                               "(a heuristic change mask) as SEG files in OUT/seg/")] = False,
     out: Annotated[Optional[Path], typer.Option(help="output folder; default: RUN/synthetic")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite/--no-overwrite", help="replace medsynth's earlier output in --out (only the files listed in "
                                            "its medsynth-outputs.json); without it a non-empty --out is refused")] = False,
+    gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help=_GATE_HELP)] = None,
+    gate_quantile: Annotated[float, typer.Option("--gate-quantile", help=_GATE_QUANTILE_HELP)] = 0.01,
+    gate_encoder: Annotated[Optional[Path], typer.Option("--gate-encoder", help=_GATE_ENCODER_HELP)] = None,
+    data: Annotated[Optional[str], typer.Option(help=_DATA_OF_RUN + " (the release gate's reference)")] = None,
 ):
     """Write synthetic images (marked synthetic) and a manifest.csv.
 
     --out must be empty or new: a folder holding files is refused, unless --overwrite, which
     removes only the files medsynth recorded there (medsynth-outputs.json: an earlier generate's
-    images and manifest), never other files."""
+    images and manifest), never other files.
+
+    Release gate (on by default when the run's training data can be read): sampled images closer to a
+    training image than the threshold in pixel OR feature space are removed and replaced by new
+    samples (rounds, at most 10) until --count images pass; release_gate.json, the manifest's
+    release_gate column and every file record the thresholds and how many were removed."""
     from medsynth.runs import command_output, load_trained
 
     if count < 1:
         raise MedsynthError("--count", f"must be a number of images >= 1, got {count}")
+    _check_gate_quantile(gate_quantile)
+    if seg and not ((pairs or from_ is not None) and fmt is ImageFormat.dicom):
+        raise MedsynthError("--seg", "writes CoGAN mask pairs (--pairs) or CycleGAN change masks (--from) as DICOM "
+                                     "SEG: it needs one of them and --format dicom")
     cfg, model, ck = load_trained(run)
     if truncation is not None and not model.supports_truncation:
         raise MedsynthError("--truncation", f"model {cfg.model.name!r} has no truncation trick (stylegan2, biggan do)")
     run_dir = run if run.is_dir() else run.parent.parent
     with command_output(out or run_dir / "synthetic", "generate", overwrite=overwrite) as folder:
+        release = _release_gate(run_dir, cfg, gate=gate, quantile=gate_quantile, data=data, encoder=gate_encoder,
+                                not_applicable=_gate_not_applicable(model, from_=from_, pairs=pairs))
         _generate_into(folder, run_dir, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt,
-                       truncation=truncation, from_=from_, direction=direction, pairs=pairs)
+                       truncation=truncation, from_=from_, direction=direction, pairs=pairs, seg=seg,
+                       release=release)
 
 
 def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: int | None, seed: int,
                    fmt: ImageFormat, truncation: float | None, from_: str | None, direction: Direction,
-                   pairs: bool) -> None:
-    """The body of ``generate``: sample (or translate) and write into the prepared folder ``out``."""
+                   pairs: bool, seg: bool = False, release: _Release | None = None) -> None:
+    """The body of ``generate``: sample (or translate) and write into the prepared folder ``out``.
+
+    ``release``: the release gate (:func:`_release_gate`) or why it does not run; ``None``: no gate, no record."""
     import torch
 
     from medsynth.data.writers import (
@@ -634,7 +681,8 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
         write_synthetic_set,
     )
 
-    info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed)
+    info = SyntheticInfo(model=cfg.model.name, run=run_dir.name, seed=seed,
+                         gate=None if release is None else release.note)
     g = torch.Generator().manual_seed(seed)
     d = cfg.data
     if from_ is not None:
@@ -650,11 +698,31 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
                                  ct_window=d.ct_window)
         typer.echo(f"translated {len(df)} images ({direction.value}) from {from_} -> {out} (manifest.csv; "
                    "marked as translations of real images, not synthetic)")
+        if seg:  # where each translation made the image denser, as SEG objects referencing the translation
+            import numpy as np
+
+            from medsynth.data.seg import SEG_TABLE, translation_difference_mask, translation_origin, write_pair_segs
+
+            masks = np.stack([translation_difference_mask(a[0].numpy(), b[0].numpy())
+                              for a, b in zip(src.images, images)])[:, None]
+            segs = write_pair_segs(out / "seg", out, df, masks, info=info,
+                                   origin=translation_origin(info, fraction=0.5, floor=0.1))
+            typer.echo(f"wrote {len(segs)} change masks as DICOM SEG -> {out / 'seg'} ({SEG_TABLE}; "
+                       f"{int((segs['mask_pixels'] == 0).sum())} empty; a heuristic change region, not a delineation)")
         return
     if pairs:
         if not model.supports_pairs:
             raise MedsynthError("--pairs", f"model {cfg.model.name!r} does not make coupled pairs (use a CoGAN run)")
         x1, x2 = sample_pairs_in_batches(model, count, generator=g)
+        if seg:  # domain 2 is a mask: DICOM SEG objects referencing domain 1's images
+            from medsynth.data.seg import SEG_TABLE, write_pair_segs
+
+            df = write_synthetic_set(out / "domain0", x1, torch.zeros(count, dtype=torch.long),
+                                     modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
+            segs = write_pair_segs(out / "domain1", out / "domain0", df, x2, info=info)
+            typer.echo(f"wrote {count} images -> {out}/domain0 and their masks as DICOM SEG -> {out}/domain1 "
+                       f"({SEG_TABLE}; {int((segs['mask_pixels'] == 0).sum())} empty masks, written as empty SEGs)")
+            return
         for dom, x in ((0, x1), (1, x2)):
             write_synthetic_set(out / f"domain{dom}", x, torch.full((count,), dom, dtype=torch.long),
                                 modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
@@ -671,11 +739,201 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
             raise MedsynthError("--class", f"model has classes 0..{model.num_classes - 1}")
     elif class_ is not None:
         raise MedsynthError("--class", "this model is unconditional")
-    images = sample_in_batches(model, count, labels=labels, generator=g, truncation=truncation)
+    tally = None
+    if release is not None and release.fit() is not None:  # sample until --count images pass the gate
+        from dataclasses import replace
+
+        from medsynth.metrics.gate import gated_sample, write_gate_record
+
+        images, tally = gated_sample(
+            lambda n, lab: sample_in_batches(model, n, labels=lab, generator=g, truncation=truncation),
+            count, release.gate, labels=labels)
+        info = replace(info, gate=release.gate.summary_line(tally))
+        write_gate_record(out, release.gate.record(tally))
+    else:
+        images = sample_in_batches(model, count, labels=labels, generator=g, truncation=truncation)
+        if release is not None and release.note is not None:
+            from dataclasses import replace
+
+            from medsynth.metrics.gate import not_run_record, write_gate_record
+
+            info = replace(info, gate=release.note)
+            write_gate_record(out, not_run_record(release.note))
     lab = labels if labels is not None else torch.full((count,), -1, dtype=torch.long)
     df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt.value, info=info,
                              ct_window=cfg.data.ct_window)
     typer.echo(f"wrote {len(df)} synthetic {fmt.value} images -> {out} (manifest.csv)")
+    if tally is not None:
+        typer.echo(f"{_gate_result(release.gate, tally)} -> {out / 'release_gate.json'}")
+
+
+# -------------------------------------------------------------------------------------------- release gate
+_GATE_HELP = ("release gate: remove every synthetic image whose distance to the closest training image of the run "
+              "is at or below the threshold in pixel OR feature space (threshold: the --gate-quantile of the "
+              "training images' own distances to their closest image of another patient); recorded in "
+              "release_gate.json, the manifest and every file; default: on when the run's training data can be "
+              "read, else one line says it did not run")
+_GATE_QUANTILE_HELP = ("the release gate's threshold quantile in [0, 1): a fresh real image of a new patient is "
+                       "removed about this often per space")
+_GATE_ENCODER_HELP = ("saved feature encoder for the gate's feature space (e.g. RUN/evaluate/encoder.pt); default: "
+                      "the run's own, trained once on its training data and kept in RUN/local/gate_encoder.pt")
+
+
+class _Release:
+    """The release gate of one generate / augment (:func:`_release_gate`), fitted when :meth:`fit` is
+    first called (after the command's cheap checks). ``note``: what the files and release_gate.json
+    say instead when the gate does not run (no path; ``None``: nothing is recorded)."""
+
+    def __init__(self, note: str | None, fit: Callable[[], Any] | None = None):
+        self.note, self._fit, self.gate = note, fit, None
+
+    def fit(self):
+        """The fitted gate, or ``None`` (then :attr:`note` says why)."""
+        if self._fit is not None:
+            self.gate, self.note = self._fit()
+            self._fit = None
+        return self.gate
+
+
+def _check_gate_quantile(q: float) -> None:
+    if not 0.0 <= q < 1.0:
+        raise MedsynthError("--gate-quantile", f"must be a number in [0, 1), got {q}")
+
+
+def _gate_not_applicable(model, *, from_: str | None, pairs: bool) -> str | None:
+    """Why the release gate does not apply to this generate (``None``: it applies)."""
+    if from_ is not None or model.supports_translation:
+        return "--from writes translations of the images you pass in, not sampled synthetic images"
+    if pairs:
+        return "--pairs writes coupled pairs of a two-domain run; the gate screens sampled images of one-domain runs"
+    return None
+
+
+def _release_gate(run_dir: Path | None, cfg, *, gate: bool | None, quantile: float, data: str | None,
+                  encoder: Path | None, not_applicable: str | None) -> _Release:
+    """The release gate of generate / augment: fitted on the run's training data on :meth:`_Release.fit`,
+    or one line saying why it does not run.
+
+    ``gate`` None (the default): on when it applies and the run's own training data can be read and
+    used, else one line on stderr and a note in the files. ``--gate`` (True): any reason it cannot run
+    is an error; so is a bad ``--data`` or ``--gate-encoder`` in either case.
+    """
+    _check_gate_quantile(quantile)
+    if gate is False:
+        typer.echo("release gate: off (--no-gate): the synthetic images are not screened against the training "
+                   "images", err=True)
+        return _Release("release gate: off (--no-gate), not screened against the training images")
+    if not_applicable is not None:
+        if gate:
+            raise MedsynthError("--gate", f"does not apply here: {not_applicable}")
+        if "--from" in not_applicable:
+            return _Release(None)  # translations are marked as such, never as synthetic
+        typer.echo(f"release gate: not run: {not_applicable}", err=True)
+        return _Release("release gate: not run (coupled pairs of a two-domain run)")
+
+    def fit():
+        from medsynth.metrics.gate import RUN_ENCODER, fit_run_gate
+        from medsynth.runs import DATA_SOURCE_FILE
+
+        t0 = time.perf_counter()
+        if encoder is None and not (run_dir / RUN_ENCODER).is_file() and (
+                data is not None or (run_dir / DATA_SOURCE_FILE).is_file()):
+            typer.echo("release gate: training its feature encoder on the run's training images (once per run, "
+                       f"kept in {RUN_ENCODER}; about 10-40 s on a CPU)", err=True)
+        try:
+            g = fit_run_gate(run_dir, cfg, data=None if data is None else _data_source(data), quantile=quantile,
+                             encoder=encoder)
+        except MedsynthError as exc:
+            if gate or data is not None or encoder is not None:
+                raise
+            typer.echo(f"release gate: not run: {exc}; give the run's training data with --data, or pass --no-gate",
+                       err=True)
+            return None, "release gate: not run (the run's training data was not available or not usable)"
+        thr = ", ".join(f"{s} <= {t:.4g}" for s, t in g.thresholds.items())
+        typer.echo(f"release gate: {g.n_train} training images of {g.n_patients} patients; removing images with "
+                   f"{thr} (quantile {g.quantile:g}, {time.perf_counter() - t0:.0f}s)", err=True)
+        return g, None
+
+    return _Release(None, fit)
+
+
+def _gate_result(gate, tally) -> str:
+    """One line: what the gate removed."""
+    per = ", ".join(f"{tally.removed.get(s, 0)} in {s} space" for s in gate.spaces)
+    rounds = f" in {tally.rounds} rounds" if tally.rounds > 1 else ""
+    return (f"release gate: removed {tally.removed.get('total', 0)} of {tally.screened} images screened{rounds} "
+            f"({per})")
+
+
+def _run_of(synthetic: Path) -> Path | None:
+    """The run a synthetic manifest was written in: the run folder holding its folder (``RUN/synthetic/``)."""
+    cand = synthetic.resolve().parent.parent
+    return cand if (cand / "config.yaml").is_file() and (cand / "checkpoints").is_dir() else None
+
+
+def _gate_rows(syn_df, synthetic: Path, out: Path, *, run: Path | None, gate: bool | None, quantile: float,
+               encoder: Path | None):
+    """augment's release gate: the synthetic rows that pass, with a ``release_gate`` column; writes
+    ``out/release_gate.json``. The reference is the training data of ``run`` (default: the run the
+    manifest lies in)."""
+    from medsynth.data.dataset import load_image_set
+    from medsynth.metrics.gate import GateTally, not_run_record, read_gate_record, write_gate_record
+    from medsynth.runs import load_trained
+
+    _check_gate_quantile(quantile)
+    earlier = read_gate_record(synthetic.parent)  # generate's record of the set, if it is beside the manifest
+
+    def not_run(note: str):
+        # the rows keep what generate recorded of them (a gate that ran then is not undone by this one)
+        prev = syn_df["release_gate"].fillna("") if "release_gate" in syn_df else ""
+        write_gate_record(out, {**not_run_record(note), "synthetic_set": earlier})
+        return syn_df.assign(release_gate=[v if v else note for v in prev] if "release_gate" in syn_df else note)
+
+    run_dir = run if run is not None else _run_of(synthetic)
+    if gate is not False and run_dir is None:
+        if gate or encoder is not None:
+            raise MedsynthError("--run", f"{synthetic} does not lie in a run folder: name the run that generated it "
+                                         "(its training data is the gate's reference)")
+        typer.echo(f"release gate: not run: {synthetic} does not lie in a run folder; name the run that generated "
+                   "it with --run, or pass --no-gate", err=True)
+        return not_run("release gate: not run by augment (the generating run was not named)")
+    if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        raise MedsynthError(run_dir, "no config.yaml: not a medsynth run directory")
+    if gate is False:
+        release = _release_gate(run_dir, None, gate=False, quantile=quantile, data=None, encoder=None,
+                                not_applicable=None)
+    else:
+        if earlier is not None and earlier.get("ran") and earlier.get("reference", {}).get("run") not in (
+                None, run_dir.resolve().name):
+            raise MedsynthError("--run", f"{synthetic} was generated by run {earlier['reference']['run']} (its "
+                                         f"release_gate.json), not {run_dir.resolve().name}")
+        cfg, model, _ = load_trained(run_dir)
+        translated = "source" in syn_df and (syn_df["source"] == "translated").any()
+        release = _release_gate(run_dir, cfg, gate=gate, quantile=quantile, data=None, encoder=encoder,
+                                not_applicable=_gate_not_applicable(model, from_="rows" if translated else None,
+                                                                    pairs=False))
+    if release.fit() is None:
+        return syn_df if release.note is None else not_run(release.note)
+    d = cfg.data
+    ims = load_image_set(synthetic, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims, split=None,
+                         ct_window=d.ct_window)
+    tally = GateTally(rounds=1)
+    keep, _ = release.gate.screen(ims.images, tally)
+    passed = {str(Path(p).resolve()): bool(k) for p, k in zip(ims.paths, keep)}
+    base = synthetic.resolve().parent
+    for rel, reason in ims.skipped:  # exact repeats of another synthetic image, loaded once: its twin's verdict
+        twin = reason.removeprefix("same pixels as ").removesuffix(" (duplicate kept once)")
+        if twin != reason and str((base / twin).resolve()) in passed:
+            passed[str((base / rel).resolve())] = passed[str((base / twin).resolve())]
+    rows = [str(Path(p).resolve()) for p in syn_df["path"]]
+    missing = [r for r in rows if r not in passed]
+    if missing:
+        raise MedsynthError(synthetic, f"{len(missing)} synthetic row(s) are not {d.modality} images the run "
+                                       f"{run_dir.name} makes, e.g. {Path(missing[0]).name}: the gate cannot screen them")
+    ok = [passed[r] for r in rows]
+    write_gate_record(out, {**release.gate.record(tally), "synthetic_set": earlier})
+    typer.echo(_gate_result(release.gate, tally))
+    return syn_df[ok].assign(release_gate=release.gate.summary_line(tally))
 
 
 @app.command()
@@ -689,13 +947,23 @@ def augment(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite/--no-overwrite", help="replace medsynth's earlier output in --out (only the files listed in "
                                            "its medsynth-outputs.json); without it a non-empty --out is refused")] = False,
+    run: Annotated[Optional[Path], typer.Option(
+        help="the run that generated --synthetic: the release gate's reference is its training data; default: "
+             "the run folder --synthetic's folder lies in (RUN/synthetic/manifest.csv)")] = None,
+    gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help=_GATE_HELP)] = None,
+    gate_quantile: Annotated[float, typer.Option("--gate-quantile", help=_GATE_QUANTILE_HELP)] = 0.01,
+    gate_encoder: Annotated[Optional[Path], typer.Option("--gate-encoder", help=_GATE_ENCODER_HELP)] = None,
 ):
     """Write an augmented dataset manifest: every real row (its split kept) + synthetic rows in the
     training split, each marked source=real|synthetic|translated. Files are referenced, not copied.
 
     --out must be empty or new: a folder holding files is refused, unless --overwrite, which removes
     only the files medsynth recorded there (medsynth-outputs.json), never other files (an augmented
-    manifest's images are referenced, so they are never among them)."""
+    manifest's images are referenced, so they are never among them).
+
+    Release gate (on by default when the generating run is known: --run, or the run folder holding
+    --synthetic): synthetic rows whose image lies too close to one of that run's training images (pixel
+    OR feature space) are left out; OUT/release_gate.json and the manifest's release_gate column record it."""
     from medsynth.data.manifest import read_manifest, select_rows, write_manifest
     from medsynth.runs import check_output_folder, command_output
     import pandas as pd
@@ -711,8 +979,11 @@ def augment(
     # rows written as translations of real images (CycleGAN --from) stay marked as such
     kept = syn_df["source"].where(syn_df["source"] == "translated", "synthetic") if "source" in syn_df else "synthetic"
     syn_df = syn_df.assign(source=kept, split="train")
-    df = pd.concat([real_df, syn_df], ignore_index=True)
+    _check_gate_quantile(gate_quantile)
     with command_output(out, "augment", overwrite=overwrite):
+        syn_df = _gate_rows(syn_df, Path(synthetic), out, run=run, gate=gate, quantile=gate_quantile,
+                            encoder=gate_encoder)
+        df = pd.concat([real_df, syn_df], ignore_index=True)
         write_manifest(df, out / "manifest.csv")
     n_tr = int((real_df.get("split") == "train").sum()) if "split" in real_df else len(real_df)
     typer.echo(f"augmented manifest: {n_tr} real training + {len(syn_df)} synthetic rows "
@@ -968,13 +1239,17 @@ def sample_data(
     n_chest: Annotated[int, typer.Option(
         "--n-chest", help="whole-chest demo radiographs in OUT/chest/ (a folder of unlabelled DICOM files: what "
                           "`medsynth train --modality xray` trains on by default)")] = 300,
+    seg: Annotated[bool, typer.Option(
+        "--seg/--no-seg", help="also write the nodule masks of the DICOM images with a nodule (DX radiographs, CT "
+                               "series) as DICOM SEG files: OUT/xray/seg/, OUT/ct/series/*_seg.dcm, manifest "
+                               "column seg (simulator ground truth)")] = False,
 ):
     """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
     from medsynth.phantom import generate_sample_data
 
     t0 = time.perf_counter()
     manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed,
-                                    xray_view=xray_view.value, n_chest=min(n_chest, n_xray))
+                                    xray_view=xray_view.value, n_chest=min(n_chest, n_xray), seg=seg)
     typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
 
 
@@ -997,6 +1272,99 @@ def info(path: Annotated[Path, typer.Argument(help="a file or folder")]):
 
     for key, value in describe(path).items():
         typer.echo(f"{key}: {value}")
+
+
+# -------------------------------------------------------------------------------------------- reader study
+reader_study_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                               help="blinded reader study (visual Turing test): build the cases and the key, "
+                                    "score the readers' answers")
+app.add_typer(reader_study_app, name="reader-study")
+
+
+class CaseFormat(str, Enum):
+    """``reader-study build --format``: the case files' format."""
+
+    png = "png"
+    dicom = "dicom"
+
+
+class RatingScale(str, Enum):
+    """``reader-study build --scale``: :data:`medsynth.metrics.reader_study.SCALES`."""
+
+    confidence = "confidence"
+    binary = "binary"
+
+
+@reader_study_app.command("build")
+@_friendly
+def reader_study_build(
+    synthetic: Annotated[str, typer.Option(
+        help="synthetic images: a run directory (sampled now with --seed) or a synthetic manifest CSV / folder "
+             "(e.g. RUN/synthetic/manifest.csv)")],
+    out: Annotated[Path, typer.Option(help="case folder for the readers (new or empty)")],
+    data: Annotated[Optional[str], typer.Option(help=_DATA_EMBEDDED)] = None,
+    n_real: Annotated[int, typer.Option("--n-real", min=1, help="number of real images")] = 50,
+    n_synthetic: Annotated[int, typer.Option("--n-synthetic", min=1, help="number of synthetic images")] = 50,
+    fmt: Annotated[CaseFormat, typer.Option("--format", help="case file format")] = CaseFormat.png,
+    scale: Annotated[RatingScale, typer.Option(
+        help="rating scale: confidence (1-5 that the image is real, 5 = certainly real) or binary "
+             "(real/synthetic)")] = RatingScale.confidence,
+    key_out: Annotated[Optional[Path], typer.Option(
+        "--key-out", help="answer-key folder, kept apart from the cases; default: the sibling OUT_key/ "
+                          "(refused inside --out)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the draws, the shuffle and a run's sampling")] = 0,
+    modality: Annotated[Optional[Modality], typer.Option(
+        help="imaging modality; default: the run's, else xray")] = None,
+    size: Annotated[Optional[int], typer.Option(help="image side length; default: the run's, else 64")] = None,
+    ct_window: Annotated[CtWindow, typer.Option("--ct-window", help="CT display window")] = CtWindow.lung,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite/--no-overwrite", help="replace medsynth's earlier output in --out and --key-out (only the "
+                                           "files listed in their medsynth-outputs.json)")] = False,
+):
+    """Write a blinded, shuffled mix of real and synthetic images as case_0001.png/.dcm (no origin in any
+    file: NEVER let them leave the study), a README and a response template into --out, and the answer key
+    into --key-out."""
+    from medsynth.metrics.reader_study import build
+
+    built = build(_data_source(data), synthetic, out=out, key_out=key_out, n_real=n_real, n_synthetic=n_synthetic,
+                  fmt=fmt.value, scale=scale.value, seed=seed, modality=None if modality is None else modality.value,
+                  size=size, ct_window=ct_window.value, overwrite=overwrite)
+    typer.echo(f"cases: {len(built.case_files)} ({built.n_real} real, {built.n_synthetic} synthetic from "
+               f"{built.generator}) -> {built.cases} (README.txt, responses_template.csv; unmarked synthetic and "
+               "real patient images: they must never leave the study)")
+    typer.echo(f"key:   {built.key} (keep it apart from the readers)")
+    typer.echo(f"next:  medsynth reader-study score --key {built.key} --answers READER1.csv READER2.csv "
+               "--out RESULTS")
+
+
+@reader_study_app.command("score")
+@_friendly
+def reader_study_score(
+    key: Annotated[Path, typer.Option(help="answer-key folder written by `reader-study build`")],
+    answers: Annotated[list[Path], typer.Option(
+        metavar="CSV", help="answer CSV(s) with columns case, reader, rating: --answers A.csv B.csv ... (or repeat --answers)")],
+    out: Annotated[Path, typer.Option(help="output folder for reader_study.json and reader_study.md")],
+    more_answers: Annotated[Optional[list[Path]], typer.Argument(
+        hidden=True, metavar="CSV", help="further answer CSVs after --answers")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples for the CIs")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed of the bootstrap")] = 0,
+):
+    """Score the readers: per reader AUC (bootstrap and DeLong CIs), fraction of synthetic images judged
+    real, sensitivity/specificity for spotting synthetic; pooled over readers (bootstrap over cases)."""
+    from medsynth.metrics.reader_study import score, write_results
+    from medsynth.runs import check_output_folder
+
+    check_output_folder(out)
+    res = score(key, [*answers, *(more_answers or [])], n_boot=n_boot, seed=seed)
+    json_path, md_path = write_results(res, out)
+    for r in res["readers"]:
+        a = r["auc"]
+        typer.echo(f"{r['reader']}: AUC {a['point']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}], synthetic judged real "
+                   f"{r['synthetic_judged_real']['point']:.3f}")
+    p = res["pooled"]["auc"]
+    typer.echo(f"pooled: AUC {p['point']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]")
+    typer.echo(res["interpretation"])
+    typer.echo(f"results -> {json_path}, {md_path}")
 
 
 def main() -> None:  # pragma: no cover

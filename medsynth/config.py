@@ -47,6 +47,17 @@ class DataConfig:
             Saved in a run as a shareable name, like ``source``.
         fingerprint: set by ``medsynth train``: :func:`medsynth.runs.images_fingerprint` of the
             training images and labels as loaded (``train --resume`` refuses other data).
+        stream: ``"auto"``, ``"on"`` or ``"off"``: train from an on-disk cache of the decoded images
+            read batch by batch (memory flat in the data size) or from one in-memory tensor
+            (:mod:`medsynth.data.stream`). ``auto`` streams when the decoded float32 set would
+            exceed ``memory_budget_mb``. Both give the same batches bit for bit.
+        cache_dir: folder of the streaming cache (files named by a hash of the data's files and the
+            pipeline settings, never by a path); ``None``: ``$MEDSYNTH_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/medsynth``, else ``~/.cache/medsynth``.
+        memory_budget_mb: ``stream: auto`` keeps the set in memory up to this many MiB of decoded
+            float32 images; ``None``: the smaller of 1024 MiB and 10 % of the machine's memory.
+        workers: data-loader worker processes that prefetch streamed batches; ``None``: 1 on the
+            CPU, 2 with CUDA; 0 reads each batch in the training process.
     """
 
     source: str = "default"
@@ -57,6 +68,10 @@ class DataConfig:
     split: str | None = "train"
     domain_b: str | None = None
     fingerprint: str | None = None
+    stream: str = "auto"
+    cache_dir: str | None = None
+    memory_budget_mb: float | None = None
+    workers: int | None = None
 
 
 @dataclass
@@ -285,6 +300,9 @@ RULES: dict[str, Range | Choices | Window] = {
     "data.spatial_dims": Choices((2, 3)),
     "data.ct_window": Window(),
     "data.split": Choices(("train", "val", "test", None)),
+    "data.stream": Choices(("auto", "on", "off"), also=(True, False)),  # YAML reads bare on/off as booleans
+    "data.memory_budget_mb": Range(0),
+    "data.workers": Range(0),
     "model.latent_dim": _COUNT,
     "model.width": _COUNT,
     "model.num_classes": Range(0),

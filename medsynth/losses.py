@@ -1,6 +1,7 @@
-"""Adversarial losses and regularisers as pure functions (no ``.backward()`` inside).
+"""Adversarial losses and regularisers, and the diffusion noise-prediction loss, as pure functions
+(no ``.backward()`` inside).
 
-All take logits/scores ``(N,)`` or ``(N, 1)`` and return scalar tensors.
+The adversarial ones take logits/scores ``(N,)`` or ``(N, 1)``; all return scalar tensors.
 """
 
 from __future__ import annotations
@@ -149,3 +150,10 @@ def orthogonal_regulariser(weights: list[Tensor]) -> Tensor:
         gram = m @ m.t()
         total = total + (gram * (1.0 - torch.eye(gram.shape[0], device=w.device, dtype=w.dtype))).pow(2).sum()
     return total
+
+
+def noise_prediction_loss(predicted_noise: Tensor, noise: Tensor) -> Tensor:
+    """Denoising diffusion's "simple" loss (Ho et al. 2020, eq. 14): the mean squared error
+    between the noise ``epsilon`` added to the images and the network's prediction of it, both
+    ``(N, C, *S)``; computed in float32 (under autocast the prediction may be bf16/fp16)."""
+    return F.mse_loss(predicted_noise.float(), noise.float())

@@ -364,7 +364,8 @@ def discard_on_failure(run_dir: str | Path, *, enabled: bool = True) -> Iterator
         raise
 
 
-def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[str, str]]) -> Path:
+def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[str, str]],
+                      loading: dict | None = None) -> Path:
     """Record what a start of ``medsynth train`` loaded (atomic, rewritten by each start or resume).
 
     ``RUN/data_report.json`` (shareable) holds counts only; the skipped files' names, which may carry
@@ -376,10 +377,12 @@ def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[st
         n_images: images trained on.
         skipped: ``(path relative to the data source, reason)`` of every file of the source left
             out (``ImageSet.skipped``).
+        loading: how the images were held (:meth:`medsynth.data.stream.LoadDecision.record`: in
+            memory or streamed, and why; counts and settings only), recorded as ``"loading"``.
 
     Returns:
         The shareable file written: ``{"images", "skipped", "skipped_by_reason": {reason: count},
-        "skipped_files_record"}``.
+        "skipped_files_record"}`` (and ``"loading"`` when given).
     """
     by_reason: dict[str, int] = {}
     for _, reason in skipped:
@@ -391,6 +394,8 @@ def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[st
     body = {"images": int(n_images), "skipped": len(skipped),
             "skipped_by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
             "skipped_files_record": str(SKIPPED_FILES_FILE)}
+    if loading is not None:
+        body["loading"] = loading
     return write_text(run_dir / DATA_REPORT_FILE, json.dumps(body, indent=1) + "\n")
 
 

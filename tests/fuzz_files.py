@@ -191,7 +191,8 @@ def _dcm_bits_12(p: Path) -> Path:
 def _dcm_compressed(p: Path) -> Path:
     from pydicom.encaps import encapsulate
 
-    ds = _dataset(SIZE, SIZE, transfer_syntax="1.2.840.10008.1.2.4.80")  # JPEG-LS lossless: no decoder here
+    # JPEG-LS lossless with a truncated stream: refused whether or not a decoder is installed
+    ds = _dataset(SIZE, SIZE, transfer_syntax="1.2.840.10008.1.2.4.80")
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(64) + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     return _save(ds, p)
@@ -431,7 +432,7 @@ FILE_CASES: tuple[FileCase, ...] = (
     FileCase("dcm_short_pixel_data", ".dcm", _dcm_short_pixels, False, note="PixelData half of Rows x Columns"),
     FileCase("dcm_rows_zero", ".dcm", _dcm_rows_zero, False, note="Rows = 0"),
     FileCase("dcm_bits_allocated_12", ".dcm", _dcm_bits_12, False, note="BitsAllocated 12"),
-    FileCase("dcm_jpegls_no_decoder", ".dcm", _dcm_compressed, False, note="JPEG-LS transfer syntax, no decoder"),
+    FileCase("dcm_jpegls_no_decoder", ".dcm", _dcm_compressed, False, note="JPEG-LS transfer syntax, truncated stream (no decoder, or a decoder that fails)"),
     FileCase("dcm_mr", ".dcm", _dcm_modality("MR"), True, note="MR image"),
     FileCase("dcm_us", ".dcm", _dcm_modality("US"), True, note="ultrasound image"),
     FileCase("dcm_nm", ".dcm", _dcm_modality("NM"), True, note="nuclear medicine image"),

@@ -131,9 +131,13 @@ def test_every_variant_accepts_augment_params_and_checkpoints_p(name):
     cfg = resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": nc,
                                   "params": {"augment": "ada", "augment_p": 0.25}},
                         "data": {"size": 16}})
-    model = build_model(cfg.model)
-    assert model.augment_pipe is not None
-    assert float(model.state_dict()["augment_pipe.p"]) == 0.25
+    if name == "diffusion":  # no discriminator: nothing to augment, refused in one line
+        with pytest.raises(MedsynthError, match=r"^model\.params\.augment: .*no discriminator"):
+            build_model(cfg.model)
+    else:
+        model = build_model(cfg.model)
+        assert model.augment_pipe is not None
+        assert float(model.state_dict()["augment_pipe.p"]) == 0.25
     off = build_model(resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": nc},
                                     "data": {"size": 16}}).model)
     assert off.augment_pipe is None and not any(k.startswith("augment_pipe") for k in off.state_dict())

@@ -17,6 +17,8 @@ from medsynth.models.registry import build_model, get_model, list_models
 
 #: Architectural options that build different networks pass the contract too ("name+option").
 OPTIONS = {"cogan+pointwise": {"head": "pointwise"}, "dcgan+nearest": {"g_up": "nearest"}}
+#: Variants without a discriminator (diffusion): nothing to augment, so ``model.params.augment`` is refused.
+NO_DISCRIMINATOR = {"diffusion"}
 CASES = [(name, dims) for name in [*list_models(), *OPTIONS] for dims in (2, 3)]
 
 
@@ -316,6 +318,10 @@ def test_ada_statistic_is_declared_for_cross_process_sums(name):
     nc = 2 if get_model(name).requires_labels else 0
     cfg = resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": nc,
                                   "params": {"augment": "ada"}}, "data": {"size": 16}})
+    if name in NO_DISCRIMINATOR:
+        with pytest.raises(MedsynthError, match=r"^model\.params\.augment: .*no discriminator"):
+            build_model(cfg.model)
+        return
     model = build_model(cfg.model)
     sums = model.cross_rank_sums()
     assert len(sums) == 2 and all(isinstance(t, torch.Tensor) and t.dim() == 0 for t in sums)

@@ -142,7 +142,7 @@ def test_generate_into_a_used_folder_refuses_then_overwrite_replaces_only_its_ow
     assert invoke("generate", run, "--count", "6", "--out", out).exit_code == 0
     first = sorted(p.name for p in out.iterdir())
     line = one_error_line(invoke("generate", run, "--count", "3", "--out", out), str(out), "--overwrite")
-    assert "already holds 8 file(s)" in line
+    assert "already holds 9 file(s)" in line  # 6 images, manifest.csv, release_gate.json, medsynth-outputs.json
     assert sorted(p.name for p in out.iterdir()) == first  # untouched
     (out / "notes.txt").write_text("mine")
     r = invoke("generate", run, "--count", "3", "--out", out, "--overwrite")
@@ -152,7 +152,7 @@ def test_generate_into_a_used_folder_refuses_then_overwrite_replaces_only_its_ow
     assert images == sorted(df["path"]) and len(images) == 3  # no stale image the manifest does not list
     assert (out / "notes.txt").read_text() == "mine"  # never another file
     record = json.loads((out / OUTPUTS_FILE).read_text())
-    assert sorted(record["files"]) == sorted(images + ["manifest.csv"])
+    assert sorted(record["files"]) == sorted(images + ["manifest.csv", "release_gate.json"])
 
 
 def test_overwrite_without_a_record_is_refused(run, tmp_path):
@@ -170,7 +170,7 @@ def test_augment_into_a_used_folder(tmp_path):
     one_error_line(invoke("augment", "--synthetic", manifest, "--out", out), "already holds", "--overwrite")
     r = invoke("augment", "--synthetic", manifest, "--out", out, "--overwrite")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", OUTPUTS_FILE]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", OUTPUTS_FILE, "release_gate.json"]
     # the folder of the manifest it references is never its output folder
     one_error_line(invoke("augment", "--synthetic", manifest, "--out", default_data().parent, "--overwrite"),
                    "--synthetic manifest")

@@ -168,7 +168,7 @@ def test_png_8_and_16_bit(tmp_path):
 
 def _assert_synthetic(ds, n_files_uids: set):
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert ds.PatientID.startswith("SYNTHETIC-") and str(ds.PatientName) == "SYNTHETIC"
+    assert ds.PatientID.startswith("SYNTHETIC-") and str(ds.PatientName) == "SYNTHETIC^"
     for kw in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "PatientBirthDate",
                "InstitutionName", "OtherPatientIDs", "AccessionNumber"):
         assert not ds.get(kw), kw
@@ -297,7 +297,7 @@ def test_translations_are_marked_as_derived_from_patient_data_not_synthetic(tmp_
             assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
             assert ds.ImageComments == long and ds.DerivationDescription == long
             assert "TRANSLATION" in ds.SeriesDescription and "synthetic" not in ds.SeriesDescription.lower()
-            assert ds.PatientID.startswith("TRANSLATED-") and str(ds.PatientName) == "TRANSLATED"
+            assert ds.PatientID.startswith("TRANSLATED-") and str(ds.PatientName) == "TRANSLATED^"
         elif fmt == "png":
             text = _png_text(f)
             assert text["medsynth:synthetic"] == "false" and text["medsynth:translation"] == "true"

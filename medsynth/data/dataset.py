@@ -121,7 +121,12 @@ def load_two_domains(source_a: str | Path, source_b: str | Path, **kwargs) -> "I
         if len(s) == 0:
             raise MedsynthError(name, f"no images in {src} (split {kwargs.get('split')})")
         sets.append(s)
-    a, b = sets
+    return join_domains(*sets)
+
+
+def join_domains(a: ImageSet, b: ImageSet) -> ImageSet:
+    """Two loaded domains as one set (:func:`load_two_domains`): A's rows first labelled 0, B's
+    labelled 1, skipped paths prefixed ``domain_a/`` / ``domain_b/``."""
     skipped = [(f"domain_a/{p}", r) for p, r in a.skipped] + [(f"domain_b/{p}", r) for p, r in b.skipped]
     return ImageSet(images=torch.cat([a.images, b.images]),
                     labels=torch.cat([torch.zeros(len(a), dtype=torch.long), torch.ones(len(b), dtype=torch.long)]),
@@ -162,18 +167,9 @@ def load_image_set(
             two patient IDs, an uneven CT series.
     """
     source = Path(source)
-    if modality not in ("xray", "ct"):
-        raise MedsynthError(None, f"modality must be 'xray' or 'ct', got {modality!r}")
-    if spatial_dims not in (2, 3):
-        raise MedsynthError(None, f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    if spatial_dims == 3 and modality != "ct":
-        raise MedsynthError(None, "3D (spatial_dims=3) images are only available for CT")
-    if split is not None and split not in ("train", "val", "test"):
-        raise MedsynthError(None, f"split must be train, val or test, got {split!r}")
-    if not source.exists():
-        raise MedsynthError(source, "not found")
+    check_request(source, modality=modality, spatial_dims=spatial_dims, split=split)
 
-    if source.is_dir() and (source / "nodules_axial_50px.npz").exists():
+    if is_lidc_folder(source):
         if modality != "ct":
             log.info("%s is the LIDC CT folder; loading it as CT", source)
         ims = lidc.load_lidc(source, spatial_dims=spatial_dims, size=size, ct_window=ct_window)
@@ -195,6 +191,51 @@ def load_image_set(
             except Exception as exc:  # a damaged cache is rebuilt, not fatal
                 log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
 
+    items, skipped = _collect_items(source, modality=modality, spatial_dims=spatial_dims, split=split)
+    ims = _build(items, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window,
+                 where=source, base=source_base(source), skipped=skipped)
+    if cache_file is not None:
+        _save_cache(cache_file, ims)
+    return ims
+
+
+def check_request(source: Path, *, modality: str, spatial_dims: int, split: str | None) -> None:
+    """Refuse a load request :func:`load_image_set` cannot serve (bad modality, dims, split; no source).
+
+    Raises:
+        MedsynthError: one line saying what is wrong.
+    """
+    if modality not in ("xray", "ct"):
+        raise MedsynthError(None, f"modality must be 'xray' or 'ct', got {modality!r}")
+    if spatial_dims not in (2, 3):
+        raise MedsynthError(None, f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if spatial_dims == 3 and modality != "ct":
+        raise MedsynthError(None, "3D (spatial_dims=3) images are only available for CT")
+    if split is not None and split not in ("train", "val", "test"):
+        raise MedsynthError(None, f"split must be train, val or test, got {split!r}")
+    if not Path(source).exists():
+        raise MedsynthError(source, "not found")
+
+
+def is_lidc_folder(source: Path) -> bool:
+    """Whether ``source`` is the LIDC folder (it holds ``nodules_axial_50px.npz``)."""
+    return source.is_dir() and (source / "nodules_axial_50px.npz").exists()
+
+
+def source_base(source: Path) -> Path:
+    """The folder a source's paths are shown relative to (the folder itself, or the file's folder)."""
+    return source if source.is_dir() else source.parent
+
+
+def _collect_items(source: Path, *, modality: str, spatial_dims: int,
+                   split: str | None) -> tuple[list[_Item], list[tuple[str, str]]]:
+    """The images a (non-LIDC) source offers for ``split``, from headers only (no pixel decoding),
+    with splits assigned where missing, and the source's skipped files ``(relative path, reason)``.
+
+    Raises:
+        MedsynthError: what :func:`load_image_set` refuses before decoding (unsuitable files of a
+            manifest, no images of the modality, none in the split).
+    """
     skipped: list[tuple[str, str]] = []
     if source.is_file() and source.suffix.lower() == ".csv":
         items = _items_from_manifest(source, modality, spatial_dims, split)
@@ -217,13 +258,7 @@ def load_image_set(
         items = [it for it in items if it.split == split]
         if not items:
             raise MedsynthError(source, f"no {modality} images in split {split!r}")
-
-    base = source if source.is_dir() else source.parent
-    ims = _build(items, modality=modality, size=size, spatial_dims=spatial_dims, ct_window=ct_window,
-                 where=source, base=base, skipped=skipped)
-    if cache_file is not None:
-        _save_cache(cache_file, ims)
-    return ims
+    return items, skipped
 
 
 # ----------------------------------------------------------------------------- sources

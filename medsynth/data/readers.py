@@ -179,6 +179,11 @@ def _decode_pixels(ds, path: Path) -> np.ndarray:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise MedsynthError(path, "DICOM file has no pixel data (not an image)")
     ts = _transfer_syntax(ds)
+    # pydicom's decoders log a failed frame with its traceback before raising: the error below says
+    # it in one line instead (an installed JPEG-LS decoder printed a traceback for a corrupt stream)
+    pd_log = logging.getLogger("pydicom")
+    level = pd_log.level
+    pd_log.setLevel(logging.CRITICAL)
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError, ImportError) as exc:
@@ -197,6 +202,8 @@ def _decode_pixels(ds, path: Path) -> np.ndarray:
     except Exception as exc:
         tsname = f" ({ts.name})" if ts is not None else ""
         raise MedsynthError(path, f"corrupt pixel data{tsname}: {_one_line(exc)}") from None
+    finally:
+        pd_log.setLevel(level)
     return arr
 
 

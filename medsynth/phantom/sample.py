@@ -189,6 +189,7 @@ def generate_sample_data(
     xray_view: str = XRAY_VIEW,
     roi: dict | None = None,
     n_chest: int = 0,
+    seg: bool = False,
 ) -> Path:
     """Write a phantom chest dataset (DICOM DX, PNG, NIfTI slices/volumes, DICOM CT series).
 
@@ -216,15 +217,23 @@ def generate_sample_data(
         n_chest: also write the whole-chest demo folder ``chest/`` of the first ``n_chest``
             patients (:func:`write_chest_demo`; not in the manifest: a folder of unlabelled DICOM
             files, as a hospital export would be).
+        seg: also write the nodule masks of the DICOM images with a nodule (DX radiographs:
+            the projected mask of :func:`~medsynth.phantom.imaging.simulate_radiograph`; CT
+            series: the nodule's voxels) as DICOM SEG files referencing them
+            (:func:`medsynth.data.seg.write_seg`, simulator ground truth), ``xray/seg/<id>_seg.dcm``
+            and ``ct/series/<id>_seg.dcm``, named in a ``seg`` manifest column (empty for images
+            without a nodule: no SEG is written for them). Off by default (the committed
+            ``sample_data/`` has none).
 
     Returns:
         Path of ``manifest.csv``. Its columns: ``patient_id, modality, format, kind, path,
         label, diameter_mm, location, mask, split, photometric`` plus ``texture``, ``shape``,
-        ``source`` (``phantom``).
+        ``source`` (``phantom``), and ``seg`` with ``seg=True``.
     """
     import pandas as pd
     from pydicom.uid import generate_uid
 
+    from medsynth.data.seg import phantom_origin, read_sources, write_seg
     from medsynth.data.writers import write_csv, write_ct_series, write_dicom_dx, write_nifti, write_png
 
     out = Path(out_dir)
@@ -259,8 +268,13 @@ def generate_sample_data(
                        sop_uid=generate_uid(entropy_srcs=[uid_root, pid, "dx"]),
                        series_description=f"medsynth chest phantom radiograph, {xray_view} view (synthetic phantom)",
                        compress=compress_dx)
+        srel = ""
+        if seg and r.nodule_mask.any():
+            srel = f"xray/seg/{pid}_seg.dcm"
+            write_seg(out / srel, read_sources(out / rel), r.nodule_mask, origin=phantom_origin(projected=True),
+                      uid_entropy=f"{uid_root}-{pid}-dx-seg")
         rows.append({**base, "modality": "xray", "format": "dicom", "kind": "radiograph", "path": rel,
-                     "mask": "", "photometric": acq.photometric})
+                     "mask": "", "photometric": acq.photometric, "seg": srel})
         if i < n_png:
             rel = f"xray/png/{pid}.png"
             write_png(out / rel, (r.pixels >> 4).astype(np.uint8))
@@ -321,10 +335,14 @@ def generate_sample_data(
             rows.append({**base, "modality": "ct", "format": "nifti", "kind": "volume", "path": rel, "mask": mrel})
         else:
             rel = f"ct/series/{pid}"
-            write_ct_series(out / rel, vol, spacing=p.spacing, origin=p.origin, patient_id=pid,
-                            patient_name=f"Phantom^{i:04d}",
-                            uid_entropy=f"{uid_root}-{pid}-ct",
-                            series_description="medsynth chest phantom CT (synthetic phantom)")
+            files = write_ct_series(out / rel, vol, spacing=p.spacing, origin=p.origin, patient_id=pid,
+                                    patient_name=f"Phantom^{i:04d}",
+                                    uid_entropy=f"{uid_root}-{pid}-ct",
+                                    series_description="medsynth chest phantom CT (synthetic phantom)")
+            if seg and p.nodule_mask.any():
+                base["seg"] = f"ct/series/{pid}_seg.dcm"
+                write_seg(out / base["seg"], read_sources(files), p.nodule_mask, origin=phantom_origin(projected=False),
+                          uid_entropy=f"{uid_root}-{pid}-ct-seg")
             if p.label:
                 mrel = f"ct/series/{pid}_mask.nii.gz"
                 write_nifti(out / mrel, p.nodule_mask, spacing=p.spacing, origin=p.origin, dtype=np.uint8,
@@ -337,6 +355,9 @@ def generate_sample_data(
     df["split"] = [split[int(pid.split("-")[1])] for pid in df["patient_id"]]
     cols = ["patient_id", "modality", "format", "kind", "path", "label", "diameter_mm", "location", "mask",
             "split", "photometric", "texture", "shape", "source"]
+    if seg:
+        df["seg"] = df["seg"].fillna("") if "seg" in df else ""
+        cols.append("seg")
     df = df[cols]
     manifest = write_csv(out / "manifest.csv", df)
     if n_chest > 0:

@@ -35,13 +35,14 @@ from torch import Tensor
 
 from medsynth.atomic import write_text
 from medsynth.config import RunConfig, save_config
+from medsynth.data.stream import StreamedImages
 from medsynth.errors import MedsynthError
 from medsynth.models.base import GANVariant, Phase, StepInfo
 from medsynth.models.registry import build_model
 from medsynth.runs import RESUMES_FILE, discard_on_failure, run_lock
 from medsynth.train import distributed as ddp
 from medsynth.train import dp as dpmod
-from medsynth.train.batches import Batches, BatchSampler
+from medsynth.train.batches import Batches, BatchSampler, StreamBatches, loader_workers
 from medsynth.train.checkpointer import Checkpointer
 from medsynth.train.clock import RunClock
 from medsynth.train.grid import GridWriter
@@ -52,10 +53,13 @@ from medsynth.train.update import LossGuard, PhaseUpdater
 log = logging.getLogger(__name__)
 
 #: The settings ``train --resume`` may change: how far and how long to go on, how often to write
-#: stats, grids and checkpoints, CPU threads. Everything else (model, data, batch, seed, speed, DP)
-#: stays the run's, so the resumed run is the one the checkpoint continues exactly.
+#: stats, grids and checkpoints, CPU threads, and how the images are held (streamed or in memory,
+#: where the stream cache lies, reader processes: both ways give the same batches bit for bit).
+#: Everything else (model, data, batch, seed, speed, DP) stays the run's, so the resumed run is the
+#: one the checkpoint continues exactly.
 RESUME_CHANGEABLE: tuple[str, ...] = ("train.steps", "train.minutes", "train.checkpoint_every",
-                                      "train.sample_every", "train.tick_every", "train.threads")
+                                      "train.sample_every", "train.tick_every", "train.threads",
+                                      "data.stream", "data.cache_dir", "data.memory_budget_mb", "data.workers")
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
@@ -154,7 +158,7 @@ class TrainResult:
 
 def train(
     cfg: RunConfig,
-    images: Tensor,
+    images: Tensor | StreamedImages,
     labels: Tensor | None,
     run_dir: str | Path,
     *,
@@ -173,8 +177,11 @@ def train(
 
     Args:
         cfg: the resolved run config (saved as ``run_dir/config.yaml``).
-        images: ``(N, C, *S)`` float32 in [-1, 1], matching ``cfg.data.size``/``spatial_dims``;
-            moved once to the training device (the data set is cached there).
+        images: ``(N, C, *S)`` float32 in [-1, 1], matching ``cfg.data.size``/``spatial_dims``:
+            a tensor, moved once to the training device (the data set is cached there), or
+            :class:`~medsynth.data.stream.StreamedImages` on disk, read batch by batch by
+            ``data.workers`` processes (:class:`~medsynth.train.batches.StreamBatches`; the same
+            batches bit for bit).
         labels: ``(N,)`` int64 class labels (required when ``cfg.model.num_classes > 0``).
         run_dir: the run directory; with ``resume`` it must hold ``checkpoints/last.pt``.
         resume: continue exactly from the last checkpoint (step, optimisers, EMA, data order, RNG).
@@ -200,7 +207,7 @@ def train(
                       grid_size=grid_size, on_tick=on_tick)
 
 
-def _train(cfg: RunConfig, images: Tensor, labels: Tensor | None, run_dir: Path, *, resume: bool,
+def _train(cfg: RunConfig, images: Tensor | StreamedImages, labels: Tensor | None, run_dir: Path, *, resume: bool,
            changes: dict[str, tuple[Any, Any]], progress: bool, grid_size: int,
            on_tick: Callable[[dict], None] | None) -> TrainResult:
     """:func:`train` with the run's lock held."""
@@ -217,9 +224,7 @@ def _train(cfg: RunConfig, images: Tensor, labels: Tensor | None, run_dir: Path,
     model, phases = _build_model(cfg, speed, info)
     opts = _optimizers(model, phases, speed.fused_adam)
     scaler = torch.amp.GradScaler(dev.type, enabled=speed.amp == "fp16")
-    data = Batches(images.to(dev), None if labels is None else labels.to(dev),
-                   BatchSampler(images.shape[0], tc.batch_size, tc.seed + 1), info,
-                   speed.memory_format(cfg.model.spatial_dims))
+    data = _batches(cfg, images, labels, info, speed)
     privacy = (dpmod.DPTraining(tc, model, phases, opts, images.shape[0], data.batch_size, images.shape[1:], dev)
                if private else dpmod.PrivacyHooks())
     clock = RunClock(tc)
@@ -248,6 +253,7 @@ def _train(cfg: RunConfig, images: Tensor, labels: Tensor | None, run_dir: Path,
         if step % tc.checkpoint_every == 0:
             guard.checkpoint(step)
     ticks.close()
+    data.close()
     if step % tc.sample_every:
         grids.write(step)
     guard.checkpoint(step)
@@ -256,7 +262,21 @@ def _train(cfg: RunConfig, images: Tensor, labels: Tensor | None, run_dir: Path,
     return TrainResult(run_dir, step, clock.seconds(), rate, model)
 
 
-def check_data(cfg: RunConfig, images: Tensor, labels: Tensor | None) -> None:
+def _batches(cfg: RunConfig, images: Tensor | StreamedImages, labels: Tensor | None, info: ddp.DistInfo,
+             speed: Speed) -> Batches | StreamBatches:
+    """The run's batches: the images on the device, or streamed from the disk cache; one shared
+    sampler (seeded ``train.seed + 1``) either way, so both give the same batches."""
+    dev, tc = speed.device, cfg.train
+    sampler = BatchSampler(images.shape[0], tc.batch_size, tc.seed + 1)
+    fmt = speed.memory_format(cfg.model.spatial_dims)
+    y = None if labels is None else labels.to(dev)
+    if isinstance(images, StreamedImages):
+        return StreamBatches(images, y, sampler, info, fmt, device=dev,
+                             workers=loader_workers(cfg.data.workers, dev))
+    return Batches(images.to(dev), y, sampler, info, fmt)
+
+
+def check_data(cfg: RunConfig, images: Tensor | StreamedImages, labels: Tensor | None) -> None:
     """Whether the loaded images (and labels) suit the config: shape ``(N, channels, *size)``, and
     labels in ``0..num_classes-1`` for a class-conditional model.
 
