@@ -340,3 +340,29 @@ def write_enhanced_ct(path, stored, *, rescale=(1, -1024), per_frame_rescale=Non
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def kill_at_first_checkpoint(cmd: list, run_dir: Path, env: dict, timeout: float) -> int:
+    """Start ``cmd`` (a ``medsynth train``), SIGKILL it the moment ``run_dir``'s first checkpoint
+    exists, and wait for it; fails if it ends before or no checkpoint appears within ``timeout`` s.
+    Returns its exit code."""
+    import signal
+    import subprocess
+    import time
+
+    from medsynth.runs import CHECKPOINT
+
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (run_dir / CHECKPOINT).exists():
+            assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"no checkpoint within {timeout:g} s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    return proc.returncode

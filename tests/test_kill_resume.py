@@ -15,13 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import fuzz_files as F
+from conftest import kill_at_first_checkpoint
 from medsynth.runs import CHECKPOINT, load_checkpoint
 
 STEPS = 24
@@ -76,20 +76,8 @@ def test_stylegan2_killed_after_its_first_checkpoint_resumes_bit_exactly(tmp_pat
 
     # the same run, killed with SIGKILL the moment its first checkpoint exists
     half_run = tmp_path / "half" / "00000-xray-stylegan2"
-    proc = subprocess.Popen(_train("--data", data, "--out", tmp_path / "half"), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while not (half_run / CHECKPOINT).exists():
-            assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    rc = kill_at_first_checkpoint(_train("--data", data, "--out", tmp_path / "half"), half_run, _env(), 240)
+    assert rc == -signal.SIGKILL
     killed_at = int(load_checkpoint(half_run / CHECKPOINT)["step"])
     assert 0 < killed_at < STEPS, f"the kill came at step {killed_at} of {STEPS}: nothing left to resume"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import pytest
 import torch
 
 import fuzz_files as F
-from conftest import write_dx
+from conftest import kill_at_first_checkpoint, write_dx
 from medsynth.config import resolve
 from medsynth.data import stream as S
 from medsynth.data.dataset import load_image_set
@@ -187,19 +186,8 @@ def test_killed_streaming_run_resumes_to_the_uninterrupted_weights(tmp_path):
     assert full.returncode == 0, full.stderr
     assert "data: streamed from disk: 32 images" in full.stderr
     half_run = tmp_path / "half" / "00000-xray-dcgan"
-    proc = subprocess.Popen([sys.executable, "-m", "medsynth.cli", *args, "--out", str(tmp_path / "half")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    try:
-        while not (half_run / CHECKPOINT).exists():
-            assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-        proc.stderr.close()
+    kill_at_first_checkpoint([sys.executable, "-m", "medsynth.cli", *args, "--out", tmp_path / "half"], half_run,
+                             env, 120)
     killed_at = int(load_checkpoint(half_run / CHECKPOINT)["step"])
     assert 0 < killed_at < steps
     resumed = subprocess.run([sys.executable, "-m", "medsynth.cli", "train", "--resume", str(half_run),

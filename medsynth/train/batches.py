@@ -195,7 +195,7 @@ def _drop_inherited_locks(worker_id: int = 0) -> None:
             continue
 
 
-class StreamBatches:
+class StreamBatches(Batches):
     """:class:`Batches` over images streamed from the disk cache: the same global batches from the
     same sampler, this process's slice of each, read ahead by ``DataLoader`` workers.
 
@@ -220,22 +220,11 @@ class StreamBatches:
     def __init__(self, images: StreamedImages, labels: Tensor | None, sampler: BatchSampler, info: ddp.DistInfo,
                  memory_format: torch.memory_format | None = None, *, device: torch.device | str = "cpu",
                  workers: int = 1, prefetch: int = 2):
-        _check_divisible(sampler, info)
-        self.images, self.labels, self.sampler, self.info = images, labels, sampler, info
-        self.memory_format, self.device = memory_format, torch.device(device)
+        super().__init__(images, labels, sampler, info, memory_format)
+        self.device = torch.device(device)
         self.workers, self.prefetch = int(workers), int(prefetch)
         self._batches = None
         self.wait_seconds, self.served = 0.0, 0
-
-    @property
-    def batch_size(self) -> int:
-        """The global batch actually drawn (``train.batch_size`` clamped to the data size)."""
-        return self.sampler.batch_size
-
-    @property
-    def rank_batch_size(self) -> int:
-        """Images of one global batch this process trains on."""
-        return self.sampler.batch_size // self.info.world
 
     def _start(self):
         """The loader's endless iterator, reading from the sampler's present state on."""
