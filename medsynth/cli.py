@@ -42,6 +42,7 @@ benchmark ``--seeds``        ``--n-seeds``
 evaluate ``--real``          ``--data``
 report ``--real``            ``--data``
 train ``--unconditional``    ``--no-conditional``
+trial ``--real``             ``--data``
 ===========================  ==================
 """
 
@@ -71,6 +72,7 @@ RENAMED: dict[str, dict[str, str]] = {
     "evaluate": {"--real": "--data"},
     "report": {"--real": "--data"},
     "train": {"--unconditional": "--no-conditional"},
+    "trial": {"--real": "--data"},
 }
 
 
@@ -97,8 +99,10 @@ class _Formatter(logging.Formatter):
 
 
 def _setup_logging() -> None:
-    """Log WARNING and above to stderr (INFO and above with ``MEDSYNTH_VERBOSE=1``); idempotent."""
-    level = logging.INFO if os.environ.get("MEDSYNTH_VERBOSE") == "1" else logging.WARNING
+    """Log WARNING and above to stderr (INFO and above with ``MEDSYNTH_VERBOSE=1``; with ``=2`` also
+    medsynth's DEBUG lines, e.g. the images each torchrun rank's reader fetched); idempotent."""
+    verbose = os.environ.get("MEDSYNTH_VERBOSE")
+    level = logging.INFO if verbose in ("1", "2") else logging.WARNING
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
@@ -106,7 +110,7 @@ def _setup_logging() -> None:
         root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
-    logging.getLogger("medsynth").setLevel(level)
+    logging.getLogger("medsynth").setLevel(logging.DEBUG if verbose == "2" else level)
     # progress of long commands: a bar on a terminal, plain lines otherwise (medsynth.progress)
     logging.getLogger("medsynth.progress").setLevel(logging.INFO)
     from medsynth import progress
@@ -236,8 +240,9 @@ def _friendly(fn: Callable) -> Callable:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: a run keeps its last checkpoint (continue it with --resume RUN); a run with "
-                       "none yet and unfinished generate/augment output were removed", err=True)
+            typer.echo("interrupted: a run keeps its last checkpoint (continue it with --resume RUN); generate keeps "
+                       "its finished chunks (run the same command with --continue); a run with none yet and unfinished "
+                       "augment output were removed", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -343,12 +348,15 @@ def _record_data(cfg, ds, source: str, *, resume: bool, data_root: Path | None) 
     """What a run records of its data. New run: ``cfg.data``'s input paths become shareable names
     (:func:`medsynth.runs.shareable_source`: ``default``, ``data-root:<relative path>`` or the
     content fingerprint) and ``cfg.data.fingerprint`` the loaded set's. Resume: data other than the
-    run's (another fingerprint) is refused, so the continued run stays exact."""
+    run's (another fingerprint) is refused, so the continued run stays exact. Under torchrun every
+    rank (node) must have loaded the same images: all stop together otherwise."""
     from medsynth.runs import data_root as declared_root
     from medsynth.runs import shareable_source
+    from medsynth.train import distributed as ddp
 
     d = cfg.data
     fp = _set_fingerprint(ds)
+    ddp.check_same(fp, ddp.init_from_env(), path=source, what="training images")  # torchrun: one set on all nodes
     if resume:
         if d.fingerprint is not None and fp != d.fingerprint:
             raise MedsynthError(source, f"holds other images than the run was trained on (fingerprint {fp}, the "
@@ -480,6 +488,7 @@ def train(
     train.sample_every, train.tick_every, train.threads may change (recorded in RUN/resumes.jsonl);
     other options must agree with the run. One process writes a run at a time (RUN/.lock)."""
     from medsynth import config as C
+    from medsynth.data.geometry import training_geometry
     from medsynth.runs import check_output_folder, write_data_report, write_data_source
     from medsynth.train.loop import check_config, check_data, fresh_run_dir, hold_run
     from medsynth.train.loop import train as run_train
@@ -540,8 +549,11 @@ def train(
         check_data(cfg, ds.images, labels)  # before the run folder is made
         if run_dir is None:
             run_dir = stack.enter_context(fresh_run_dir(cfg.train.out, f"{d.modality}-{cfg.model.name}"))
-        write_data_source(run_dir, source, source_b)  # the only record of the input path: RUN/local/
-        write_data_report(run_dir, len(ds), ds.skipped, loading=loading.record())
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 alone writes the run
+            write_data_source(run_dir, source, source_b)  # the only record of the input path: RUN/local/
+            write_data_report(run_dir, len(ds), ds.skipped, loading=loading.record(),
+                              geometry=training_geometry(source, modality=d.modality, spatial_dims=d.spatial_dims,
+                                                         size=d.size, split=d.split))
         typer.echo(f"run: {run_dir}", err=True)
         for key, (before, after) in changes.items():
             typer.echo(f"resume: {key} {before} -> {after}", err=True)
@@ -630,6 +642,10 @@ def generate(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite/--no-overwrite", help="replace medsynth's earlier output in --out (only the files listed in "
                                            "its medsynth-outputs.json); without it a non-empty --out is refused")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--continue/--no-continue", help="continue an interrupted generate in --out (Ctrl-C, killed): give the same "
+                                         "arguments; it writes the remaining chunks, and the set ends identical to "
+                                         "an uninterrupted run")] = False,
     gate: Annotated[Optional[bool], typer.Option("--gate/--no-gate", help=_GATE_HELP)] = None,
     gate_quantile: Annotated[float, typer.Option("--gate-quantile", help=_GATE_QUANTILE_HELP)] = 0.01,
     gate_encoder: Annotated[Optional[Path], typer.Option("--gate-encoder", help=_GATE_ENCODER_HELP)] = None,
@@ -641,11 +657,19 @@ def generate(
     removes only the files medsynth recorded there (medsynth-outputs.json: an earlier generate's
     images and manifest), never other files.
 
+    Sampled images are made, gated and written in chunks (1000 images; fewer for large 3D volumes), so
+    memory does not grow with --count. Chunk k's latents come from a generator seeded by (--seed, k)
+    (chunk 0: --seed itself). An interrupted generate (Ctrl-C, killed) keeps its finished chunks;
+    run the same command with --continue to write the rest: the final set (files, pixels, manifest,
+    release_gate.json) is the one an uninterrupted run writes. manifest.csv appears only when the set
+    is complete.
+
     Release gate (on by default when the run's training data can be read): sampled images closer to a
     training image than the threshold in pixel OR feature space are removed and replaced by new
-    samples (rounds, at most 10) until --count images pass; release_gate.json, the manifest's
-    release_gate column and every file record the thresholds and how many were removed."""
-    from medsynth.runs import command_output, load_trained
+    samples (rounds, at most 10 per chunk) until --count images pass; release_gate.json (totals over all
+    chunks), the manifest's release_gate column and every file record the thresholds and how many were
+    removed (in a set of several chunks: of the file's own chunk)."""
+    from medsynth.runs import load_trained, resumable_output
 
     if count < 1:
         raise MedsynthError("--count", f"must be a number of images >= 1, got {count}")
@@ -653,29 +677,94 @@ def generate(
     if seg and not ((pairs or from_ is not None) and fmt is ImageFormat.dicom):
         raise MedsynthError("--seg", "writes CoGAN mask pairs (--pairs) or CycleGAN change masks (--from) as DICOM "
                                      "SEG: it needs one of them and --format dicom")
+    if resume and overwrite:
+        raise MedsynthError("--continue", "continues the output in --out; --overwrite replaces it: give one of them")
     cfg, model, ck = load_trained(run)
     if truncation is not None and not model.supports_truncation:
         raise MedsynthError("--truncation", f"model {cfg.model.name!r} has no truncation trick (stylegan2, biggan do)")
+    _check_class(model, class_, translation=from_ is not None or pairs or model.supports_translation)
     run_dir = run if run.is_dir() else run.parent.parent
-    with command_output(out or run_dir / "synthetic", "generate", overwrite=overwrite) as folder:
+    arguments = _generate_arguments(run_dir, cfg, ck, count=count, class_=class_, seed=seed, fmt=fmt,
+                                    truncation=truncation, from_=from_, direction=direction, pairs=pairs, seg=seg,
+                                    gate=gate, gate_quantile=gate_quantile, gate_encoder=gate_encoder, data=data)
+    with resumable_output(out or run_dir / "synthetic", "generate", arguments, overwrite=overwrite,
+                          resume=resume) as folder:
+        if folder.complete:
+            typer.echo(f"{folder.folder} already holds this generate's complete set (manifest.csv): nothing to do")
+            return
         release = _release_gate(run_dir, cfg, gate=gate, quantile=gate_quantile, data=data, encoder=gate_encoder,
                                 not_applicable=_gate_not_applicable(model, from_=from_, pairs=pairs))
-        _generate_into(folder, run_dir, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt,
+        _generate_into(folder.folder, run_dir, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt,
                        truncation=truncation, from_=from_, direction=direction, pairs=pairs, seg=seg,
-                       release=release)
+                       release=release, resumable=folder)
+
+
+def _check_class(model, class_: int | None, *, translation: bool) -> None:
+    """``--class``: only for conditional models, within their classes (checked before --out is touched)."""
+    if class_ is None or translation:
+        return
+    if model.num_classes <= 0:
+        raise MedsynthError("--class", "this model is unconditional")
+    if not 0 <= class_ < model.num_classes:
+        raise MedsynthError("--class", f"model has classes 0..{model.num_classes - 1}")
+
+
+def _path_digest(path) -> str | None:
+    """A digest naming an input path in a shared record (paths may name patients)."""
+    import hashlib
+
+    if path is None:
+        return None
+    return "sha256:" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+
+
+def _generate_arguments(run_dir: Path, cfg, ck: dict, *, count: int, class_: int | None, seed: int, fmt: ImageFormat,
+                        truncation: float | None, from_: str | None, direction: Direction, pairs: bool, seg: bool,
+                        gate: bool | None, gate_quantile: float, gate_encoder: Path | None, data: str | None) -> dict:
+    """Everything a generate's output depends on (medsynth-outputs.json ``arguments``): a ``--continue``
+    with other values is refused. Input paths as digests; the checkpoint by its step; the chunk size."""
+    from medsynth.data.writers import generate_chunk_size
+
+    shape = (1,) + (int(cfg.data.size),) * int(cfg.data.spatial_dims)
+    return {"run": _path_digest(run_dir), "checkpoint_step": int(ck.get("step", -1)), "count": int(count),
+            "class": class_, "seed": int(seed), "format": fmt.value, "truncation": truncation,
+            "from": _path_digest(from_), "direction": direction.value if from_ is not None else None,
+            "pairs": bool(pairs), "seg": bool(seg), "gate": gate, "gate_quantile": float(gate_quantile),
+            "gate_encoder": _path_digest(gate_encoder), "data": _path_digest(data),
+            "chunk": generate_chunk_size(shape)}
+
+
+def _output_spacing(run_dir: Path, d) -> tuple[float, ...] | None:
+    """The pixel spacing ``generate`` writes: the run's recorded field of view / ``data.size``
+    (:func:`medsynth.data.geometry.output_spacing`); ``None`` (1 mm written) with a line saying why."""
+    from medsynth.data.geometry import output_spacing
+    from medsynth.runs import read_data_geometry
+
+    geometry = read_data_geometry(run_dir)
+    spacing = output_spacing(geometry, d.size)
+    if spacing is None:
+        why = (geometry or {}).get("reason") or "the run recorded no field of view (made before medsynth recorded it)"
+        typer.echo(f"pixel spacing: 1 mm written ({why})", err=True)
+    elif not geometry.get("uniform", True):
+        typer.echo(f"pixel spacing: {' x '.join(f'{v:.4g}' for v in spacing)} mm, from the median field of view of "
+                   "training images that differ in field of view", err=True)
+    return spacing
 
 
 def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: int | None, seed: int,
                    fmt: ImageFormat, truncation: float | None, from_: str | None, direction: Direction,
-                   pairs: bool, seg: bool = False, release: _Release | None = None) -> None:
+                   pairs: bool, seg: bool = False, release: _Release | None = None, resumable=None) -> None:
     """The body of ``generate``: sample (or translate) and write into the prepared folder ``out``.
 
-    ``release``: the release gate (:func:`_release_gate`) or why it does not run; ``None``: no gate, no record."""
+    Sampled images go chunk by chunk (:func:`_generate_chunks`); translations (--from) and pairs (--pairs)
+    in one piece: their memory is bounded by the input set (--from) or they are small studies (--pairs).
+
+    ``release``: the release gate (:func:`_release_gate`) or why it does not run; ``None``: no gate, no record.
+    ``resumable``: the :class:`medsynth.runs.ResumableOutput` of ``out`` (saves progress after each chunk)."""
     import torch
 
     from medsynth.data.writers import (
         SyntheticInfo,
-        sample_in_batches,
         sample_pairs_in_batches,
         translate_in_batches,
         write_synthetic_set,
@@ -685,6 +774,7 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
                          gate=None if release is None else release.note)
     g = torch.Generator().manual_seed(seed)
     d = cfg.data
+    spacing = _output_spacing(run_dir, d)  # the training images' field of view / data.size
     if from_ is not None:
         if not model.supports_translation:
             raise MedsynthError("--from", f"model {cfg.model.name!r} does not translate images (use a CycleGAN run)")
@@ -718,53 +808,160 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
             from medsynth.data.seg import SEG_TABLE, write_pair_segs
 
             df = write_synthetic_set(out / "domain0", x1, torch.zeros(count, dtype=torch.long),
-                                     modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
+                                     modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window,
+                                     spacing=spacing)
             segs = write_pair_segs(out / "domain1", out / "domain0", df, x2, info=info)
             typer.echo(f"wrote {count} images -> {out}/domain0 and their masks as DICOM SEG -> {out}/domain1 "
                        f"({SEG_TABLE}; {int((segs['mask_pixels'] == 0).sum())} empty masks, written as empty SEGs)")
             return
         for dom, x in ((0, x1), (1, x2)):
             write_synthetic_set(out / f"domain{dom}", x, torch.full((count,), dom, dtype=torch.long),
-                                modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window)
+                                modality=d.modality, fmt=fmt.value, info=info, ct_window=d.ct_window,
+                                spacing=spacing)
         typer.echo(f"wrote {count} aligned pairs -> {out}/domain0, {out}/domain1 (same row = same latent)")
         return
     if model.supports_translation:
         raise MedsynthError("--from", f"model {cfg.model.name!r} makes images only by translating the images you "
                                       "pass in: give --from FOLDER (and --direction)")
-    labels = None
-    if model.num_classes > 0:
-        labels = (torch.full((count,), class_, dtype=torch.long) if class_ is not None
-                  else torch.arange(count) % model.num_classes)
-        if class_ is not None and not 0 <= class_ < model.num_classes:
-            raise MedsynthError("--class", f"model has classes 0..{model.num_classes - 1}")
-    elif class_ is not None:
-        raise MedsynthError("--class", "this model is unconditional")
-    tally = None
-    if release is not None and release.fit() is not None:  # sample until --count images pass the gate
+    _check_class(model, class_, translation=False)
+    gated = release is not None and release.fit() is not None
+    if release is not None and not gated and release.note is not None:  # fit() may have just said why not
         from dataclasses import replace
 
-        from medsynth.metrics.gate import gated_sample, write_gate_record
+        info = replace(info, gate=release.note)
+    n_written, total, chunks = _generate_chunks(out, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt,
+                                        truncation=truncation, info=info, release=release if gated else None,
+                                        resumable=resumable, spacing=spacing)
+    if release is not None and not gated and release.note is not None:
+        from medsynth.metrics.gate import not_run_record, write_gate_record
 
-        images, tally = gated_sample(
-            lambda n, lab: sample_in_batches(model, n, labels=lab, generator=g, truncation=truncation),
-            count, release.gate, labels=labels)
-        info = replace(info, gate=release.gate.summary_line(tally))
-        write_gate_record(out, release.gate.record(tally))
-    else:
-        images = sample_in_batches(model, count, labels=labels, generator=g, truncation=truncation)
-        if release is not None and release.note is not None:
-            from dataclasses import replace
+        write_gate_record(out, not_run_record(release.note))
+    typer.echo(f"wrote {n_written} synthetic {fmt.value} images -> {out} (manifest.csv)")
+    if total is not None:
+        typer.echo(f"{_gate_result(release.gate, total, chunks)} -> {out / 'release_gate.json'}")
 
-            from medsynth.metrics.gate import not_run_record, write_gate_record
 
-            info = replace(info, gate=release.note)
-            write_gate_record(out, not_run_record(release.note))
-    lab = labels if labels is not None else torch.full((count,), -1, dtype=torch.long)
-    df = write_synthetic_set(out, images, lab, modality=cfg.data.modality, fmt=fmt.value, info=info,
-                             ct_window=cfg.data.ct_window)
-    typer.echo(f"wrote {len(df)} synthetic {fmt.value} images -> {out} (manifest.csv)")
-    if tally is not None:
-        typer.echo(f"{_gate_result(release.gate, tally)} -> {out / 'release_gate.json'}")
+#: chunk manifests of an unfinished generate (inside --out; joined into manifest.csv at the end)
+_PARTS = ".generate-parts"
+
+
+def _generate_chunks(out: Path, cfg, model, *, count: int, class_: int | None, seed: int, fmt: ImageFormat,
+                     truncation: float | None, info, release: _Release | None, resumable=None, spacing=None):
+    """Sample, gate and write ``count`` images chunk by chunk, then join the chunks' manifests.
+
+    Chunk ``k`` (images ``k * chunk ..``) draws its latents from a generator seeded with
+    :func:`medsynth.data.writers.chunk_seed` ``(seed, k)``; classes are ``--class`` or ``i % num_classes`` of
+    the image's index ``i`` in the set. After each chunk: its files, its manifest part
+    (``OUT/.generate-parts/chunk_KKKKK.csv``) and then the progress record (chunks done, the gate's counts
+    per chunk) are written; a continued generate starts at the first chunk not recorded. At the end
+    ``manifest.csv`` is joined from the parts (atomic) and ``release_gate.json`` totals every chunk.
+
+    Returns:
+        ``(images written, the gate's total tally or None, number of chunks)``.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from medsynth.data.writers import (
+        chunk_seed,
+        concat_manifests,
+        generate_chunk_size,
+        new_series_uids,
+        sample_in_batches,
+        synthetic_file_names,
+        write_csv,
+        write_synthetic_files,
+    )
+    from medsynth.progress import Progress
+
+    d = cfg.data
+    shape = (1,) + (int(d.size),) * int(d.spatial_dims)
+    chunk = generate_chunk_size(shape)
+    n_chunks = -(-count // chunk)
+    state = dict(resumable.progress) if resumable is not None else {}
+    done = int(state.get("chunks_done", 0))
+    uids = state.get("uids") or new_series_uids()
+    tallies = list(state.get("tallies", []))[:done]  # the gate's counts of the chunks done (a snapshot per save)
+    state["tallies"] = list(tallies)
+    gate_id = None
+    if release is not None:
+        rec = release.gate.record(_tally())
+        gate_id = {"thresholds": rec["thresholds"], "encoder": (rec.get("encoder") or {}).get("fingerprint")}
+        if done and state.get("gate") != gate_id:
+            raise MedsynthError("--continue", f"the release gate fitted now ({gate_id}) is not the one the interrupted "
+                                            f"generate used ({state.get('gate')}): the run's training data or gate "
+                                            "encoder changed; start afresh with --overwrite")
+    parts = out / _PARTS
+    if done:
+        typer.echo(f"continuing: {done} of {n_chunks} chunks ({min(done * chunk, count)} of {count} images) were "
+                   f"written before; writing the rest", err=True)
+    with Progress("generate", count, "images", initial=min(done * chunk, count)) as bar:
+        for k in range(done, n_chunks):
+            start, n = k * chunk, min(chunk, count - k * chunk)
+            g = torch.Generator().manual_seed(chunk_seed(seed, k))
+            idx = torch.arange(start, start + n)
+            labels = None
+            if model.num_classes > 0:
+                labels = torch.full((n,), class_, dtype=torch.long) if class_ is not None else idx % model.num_classes
+            sample = functools.partial(sample_in_batches, model, generator=g, truncation=truncation, progress=False)
+            info_k = info
+            if release is not None:
+                from medsynth.metrics.gate import gated_sample
+
+                images, tally = gated_sample(lambda m, lab: sample(m, labels=lab), n, release.gate, labels=labels)
+                line = release.gate.summary_line(tally)
+                if n_chunks > 1:
+                    line += f" (chunk {k + 1} of {n_chunks}; release_gate.json: all chunks)"
+                info_k = replace(info, gate=line)
+                tallies.append({"screened": tally.screened, "removed": dict(tally.removed), "rounds": tally.rounds})
+            else:
+                images = sample(n, labels=labels)
+            lab = labels if labels is not None else torch.full((n,), -1, dtype=torch.long)
+            part = parts / f"chunk_{k:05d}.csv"
+            if resumable is not None:  # listed before written: --overwrite removes them even after a SIGKILL
+                resumable.save({**state, "uids": uids}, planned=[
+                    *synthetic_file_names(info, start, n, count, fmt=fmt.value, modality=d.modality,
+                                          three_d=len(shape) == 4), part.relative_to(out).as_posix()])
+            df = write_synthetic_files(out, images, lab, modality=d.modality, fmt=fmt.value, info=info_k,
+                                       ct_window=d.ct_window, start=start, total=count, uids=uids, progress=False,
+                                       spacing=spacing)
+            write_csv(part, df)
+            del images, df
+            state = {"chunks_done": k + 1, "chunks": n_chunks, "chunk": chunk, "uids": uids, "tallies": list(tallies),
+                     "gate": gate_id}
+            if resumable is not None:
+                resumable.save(state)
+            bar.update(n)
+    concat_manifests([parts / f"chunk_{k:05d}.csv" for k in range(n_chunks)], out / "manifest.csv")
+    total = None
+    if release is not None:
+        from medsynth.metrics.gate import write_gate_record
+
+        total = _tally(tallies)
+        rec = release.gate.record(total)
+        if n_chunks > 1:
+            rec["chunks"] = {"n": n_chunks, "images_per_chunk": chunk,
+                             "rule": "each chunk sampled and gated on its own (latents seeded by (seed, chunk)); "
+                                     "the counts above total all chunks, rounds included"}
+        write_gate_record(out, rec)
+    import shutil
+
+    shutil.rmtree(parts)
+    return count, total, n_chunks
+
+
+def _tally(tallies: list[dict] | None = None):
+    """The gate's counts summed over chunks (``tallies``: per chunk ``{"screened", "removed", "rounds"}``)."""
+    from medsynth.metrics.gate import GateTally
+
+    total = GateTally()
+    for t in tallies or []:
+        total.screened += int(t["screened"])
+        total.rounds += int(t["rounds"])
+        for space, v in t["removed"].items():
+            total.removed[space] = total.removed.get(space, 0) + int(v)
+    return total
 
 
 # -------------------------------------------------------------------------------------------- release gate
@@ -857,10 +1054,12 @@ def _release_gate(run_dir: Path | None, cfg, *, gate: bool | None, quantile: flo
     return _Release(None, fit)
 
 
-def _gate_result(gate, tally) -> str:
-    """One line: what the gate removed."""
+def _gate_result(gate, tally, chunks: int = 1) -> str:
+    """One line: what the gate removed (``chunks``: screened in that many chunks, their rounds summed)."""
     per = ", ".join(f"{tally.removed.get(s, 0)} in {s} space" for s in gate.spaces)
     rounds = f" in {tally.rounds} rounds" if tally.rounds > 1 else ""
+    if chunks > 1:
+        rounds = f" in {chunks} chunks ({tally.rounds} rounds)"
     return (f"release gate: removed {tally.removed.get('total', 0)} of {tally.screened} images screened{rounds} "
             f"({per})")
 
@@ -871,11 +1070,17 @@ def _run_of(synthetic: Path) -> Path | None:
     return cand if (cand / "config.yaml").is_file() and (cand / "checkpoints").is_dir() else None
 
 
+#: synthetic rows augment's release gate decodes and screens at a time
+AUGMENT_GATE_CHUNK = 1000
+
+
 def _gate_rows(syn_df, synthetic: Path, out: Path, *, run: Path | None, gate: bool | None, quantile: float,
                encoder: Path | None):
     """augment's release gate: the synthetic rows that pass, with a ``release_gate`` column; writes
     ``out/release_gate.json``. The reference is the training data of ``run`` (default: the run the
     manifest lies in)."""
+    import tempfile
+
     from medsynth.data.dataset import load_image_set
     from medsynth.metrics.gate import GateTally, not_run_record, read_gate_record, write_gate_record
     from medsynth.runs import load_trained
@@ -915,16 +1120,26 @@ def _gate_rows(syn_df, synthetic: Path, out: Path, *, run: Path | None, gate: bo
     if release.fit() is None:
         return syn_df if release.note is None else not_run(release.note)
     d = cfg.data
-    ims = load_image_set(synthetic, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims, split=None,
-                         ct_window=d.ct_window)
     tally = GateTally(rounds=1)
-    keep, _ = release.gate.screen(ims.images, tally)
-    passed = {str(Path(p).resolve()): bool(k) for p, k in zip(ims.paths, keep)}
-    base = synthetic.resolve().parent
-    for rel, reason in ims.skipped:  # exact repeats of another synthetic image, loaded once: its twin's verdict
-        twin = reason.removeprefix("same pixels as ").removesuffix(" (duplicate kept once)")
-        if twin != reason and str((base / twin).resolve()) in passed:
-            passed[str((base / rel).resolve())] = passed[str((base / twin).resolve())]
+    passed: dict[str, bool] = {}
+    # the synthetic images are decoded and screened AUGMENT_GATE_CHUNK rows at a time (each chunk through a
+    # temporary manifest of absolute paths): memory does not grow with the synthetic set
+    with tempfile.TemporaryDirectory(prefix="medsynth-augment-") as tmp:
+        part = Path(tmp) / "chunk.csv"
+        for s in range(0, len(syn_df), AUGMENT_GATE_CHUNK):
+            rows_k = syn_df.iloc[s : s + AUGMENT_GATE_CHUNK].assign(
+                path=[str(Path(p).resolve()) for p in syn_df["path"].iloc[s : s + AUGMENT_GATE_CHUNK]])
+            rows_k.to_csv(part, index=False)
+            ims = load_image_set(part, modality=d.modality, size=d.size, spatial_dims=d.spatial_dims, split=None,
+                                 ct_window=d.ct_window)
+            keep, _ = release.gate.screen(ims.images, tally)
+            passed.update({str(Path(p).resolve()): bool(k) for p, k in zip(ims.paths, keep)})
+            base = Path(tmp)
+            for rel, reason in ims.skipped:  # exact repeats of another image, loaded once: its twin's verdict
+                twin = reason.removeprefix("same pixels as ").removesuffix(" (duplicate kept once)")
+                if twin != reason and str((base / twin).resolve()) in passed:
+                    passed[str((base / rel).resolve())] = passed[str((base / twin).resolve())]
+            del ims, keep
     rows = [str(Path(p).resolve()) for p in syn_df["path"]]
     missing = [r for r in rows if r not in passed]
     if missing:
@@ -1214,7 +1429,8 @@ def evaluate(
     """Fidelity (FD, KID, precision/recall, density/coverage, intensity, MS-SSIM diversity, each with a
     real-vs-real floor) and privacy (DCR/NNDR, closest pairs, membership inference with a control)
     -> RUN/evaluate/evaluation.{json,md} + figures (fig_samples.png and fig_closest_pairs.png show real
-    training images: keep them in the run)."""
+    training images: keep them in the run); the Fréchet distance also goes to TensorBoard
+    (RUN/tensorboard/evaluate/, as the run's train.tensorboard says)."""
     from medsynth.metrics.evaluate import evaluate_run
 
     t0 = time.perf_counter()
@@ -1222,7 +1438,67 @@ def evaluate(
                         encoder=encoder, encoder_steps=encoder_steps, repeats=repeats, n_boot=n_boot,
                         inception_weights=inception_weights, inception_input=inception_input.value,
                         data_root=data_root)
-    typer.echo(f"evaluation ({time.perf_counter() - t0:.0f}s) -> {path} (and evaluation.md)")
+    from medsynth.train.tensorboard import write_evaluation as tensorboard_evaluation
+
+    board = tensorboard_evaluation(run)  # FD at the run's step, as the run's train.tensorboard says
+    typer.echo(f"evaluation ({time.perf_counter() - t0:.0f}s) -> {path} (and evaluation.md)"
+               + (f"; Fréchet distance also in {board}" if board else ""))
+
+
+def trial_trainer(cfg, images, labels, run_dir: Path, resume: bool) -> None:
+    """The generator trainer of ``medsynth trial`` (:func:`medsynth.downstream.trial.run_trial`): the
+    config and data checks of ``train``, then :func:`medsynth.train.loop.train` into ``run_dir``."""
+    from medsynth.train.loop import check_config, check_data
+    from medsynth.train.loop import train as run_train
+
+    cfg = check_config(cfg)
+    check_data(cfg, images, labels)
+    run_train(cfg, images, labels, run_dir, resume=resume)
+
+
+@app.command()
+@_friendly
+def trial(
+    data: Annotated[Optional[str], typer.Option(
+        help="real data with patient-level train/val/test splits: manifest CSV, folder, .npz or "
+                                 "the LIDC folder; default: the embedded phantom set")] = None,
+    protocol: Annotated[Optional[Path], typer.Option(
+        help="trial protocol YAML; default: the packaged phantom protocol (medsynth/downstream/trial_phantom.yaml)")]
+    = None,
+    out: Annotated[Path, typer.Option(help="trial folder (resumable: run again to continue)")] = Path("runs/trial"),
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override a protocol setting before the trial starts: --set n_boot=2000 (repeatable)")] = None,
+    analyse_only: Annotated[bool, typer.Option(
+        "--analyse-only/--no-analyse-only", help="only (re)write trial.json, trial.md and the figures")] = False,
+):
+    """A declared augmentation trial (issue 16): generators trained per real subset, classifier arms with
+    controls and doses, hierarchical bootstrap, Holm-corrected secondary family. Resumable part by part;
+    a folder started under another protocol is refused."""
+    from medsynth.downstream.trial import analyse_trial, load_protocol, run_trial
+
+    t0 = time.perf_counter()
+    if analyse_only:
+        if not (out / "protocol.yaml").is_file():
+            raise MedsynthError(out, "not a trial folder (no protocol.yaml)")
+        res = analyse_trial(out)
+    else:
+        proto = load_protocol(protocol, set_ or [])
+        d = proto.data
+        real = _load_set(data, modality=d["modality"], size=int(d["size"]), spatial_dims=int(d["spatial_dims"]),
+                         ct_window=d.get("ct_window", "lung"), split=None)
+        typer.echo(f"trial {proto.name}: {len(real)} real images -> {out}", err=True)
+        info = run_trial(real, proto, out, trainer=trial_trainer)
+        res = info["analysis"]
+        typer.echo(f"trial: {info['ran']} part(s) run now, {info['done_before']} done before, "
+                   f"{info['remaining']} left, {time.perf_counter() - t0:.0f}s")
+    pr = res["primary"]
+    if pr.get("available"):
+        typer.echo(f"primary [{res['status']}]: {pr['comparison']} at {100 * pr['fraction']:g}% real: "
+                   f"ΔAUROC {pr['estimate']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}], p = {pr['p']:.4f}: "
+                   f"{'met' if pr['met'] else 'not met'}")
+    else:
+        typer.echo(f"primary [{res['status']}]: not available yet")
+    typer.echo(f"-> {out / 'trial.md'}")
 
 
 @app.command("sample-data")
@@ -1243,13 +1519,20 @@ def sample_data(
         "--seg/--no-seg", help="also write the nodule masks of the DICOM images with a nodule (DX radiographs, CT "
                                "series) as DICOM SEG files: OUT/xray/seg/, OUT/ct/series/*_seg.dcm, manifest "
                                "column seg (simulator ground truth)")] = False,
+
+    xray_size: Annotated[int, typer.Option(
+        "--xray-size", min=16, max=4096,
+        help="radiograph side in pixels (DX files and OUT/chest/); ImagerPixelSpacing = field of view / size "
+             "(whole chest: 384 mm, e.g. 0.375 mm at 1024; OUT/chest/ above 96 px comes from a finer phantom grid, "
+             "~5 s a radiograph at 1024)")] = 64,
 ):
     """Simulate chest phantoms (HU volumes with nodules, CT, DRR radiographs) and write them with a manifest."""
     from medsynth.phantom import generate_sample_data
 
     t0 = time.perf_counter()
     manifest = generate_sample_data(out, n_xray=n_xray, n_ct=n_ct, n_png=min(n_png, n_xray), seed=seed,
-                                    xray_view=xray_view.value, n_chest=min(n_chest, n_xray), seg=seg)
+                                    xray_view=xray_view.value, n_chest=min(n_chest, n_xray), seg=seg,
+                                    xray_size=xray_size)
     typer.echo(f"sample data -> {manifest} ({time.perf_counter() - t0:.0f}s)")
 
 

@@ -56,8 +56,9 @@ class DataConfig:
             ``$XDG_CACHE_HOME/medsynth``, else ``~/.cache/medsynth``.
         memory_budget_mb: ``stream: auto`` keeps the set in memory up to this many MiB of decoded
             float32 images; ``None``: the smaller of 1024 MiB and 10 % of the machine's memory.
-        workers: data-loader worker processes that prefetch streamed batches; ``None``: 1 on the
-            CPU, 2 with CUDA; 0 reads each batch in the training process.
+        workers: data-loader worker processes that prefetch streamed batches; ``None``: 0 on the
+            CPU (each batch read in the training process: cheaper there than a worker's hand-over),
+            2 with CUDA; 0 reads each batch in the training process.
     """
 
     source: str = "default"
@@ -139,6 +140,10 @@ class TrainConfig:
         dp_max_grad_norm: per-sample clipping norm C of the discriminator's gradient.
         dp_delta: delta of the (epsilon, delta) guarantee; ``None`` = 1 / number of training images.
         dp_accountant: ``"rdp"`` or ``"prv"`` (opacus accountants).
+        tensorboard: TensorBoard event files in ``RUN/tensorboard/`` (:mod:`medsynth.train.tensorboard`,
+            needs ``pip install 'medsynth-gan[tensorboard]'``): ``"auto"`` (written when the
+            ``tensorboard`` package imports; otherwise one log line says they are not), ``"on"``
+            (a missing package is an error) or ``"off"``. ``stats.jsonl`` is written either way.
     """
 
     steps: int = 1000
@@ -161,6 +166,7 @@ class TrainConfig:
     dp_max_grad_norm: float = 1.0
     dp_delta: float | None = None
     dp_accountant: str = "rdp"
+    tensorboard: str = "auto"
 
 
 @dataclass
@@ -331,6 +337,7 @@ RULES: dict[str, Range | Choices | Window] = {
     "train.dp_max_grad_norm": _POSITIVE,
     "train.dp_delta": Range(0, 1, low_open=True, high_open=True),
     "train.dp_accountant": Choices(("rdp", "prv")),
+    "train.tensorboard": Choices(("auto", "on", "off"), also=(True, False)),  # YAML reads bare on/off as booleans
 }
 
 

@@ -343,6 +343,156 @@ def command_output(folder: str | Path, command: str, *, overwrite: bool = False,
     write_text(folder / OUTPUTS_FILE, json.dumps({"command": f"medsynth {command}", "files": files}, indent=1) + "\n")
 
 
+def _read_outputs_record(folder: Path) -> dict | None:
+    """``folder``'s :data:`OUTPUTS_FILE` as a dict, ``None`` when there is none or it is unreadable
+    (an unreadable record is never resumed; :func:`_prepare_output_folder` refuses it)."""
+    try:
+        rec = json.loads((folder / OUTPUTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _differences(recorded: dict, given: dict) -> list[str]:
+    """``key recorded -> given`` for every argument that differs (paths appear as digests)."""
+    return [f"{k} {recorded.get(k)!r} -> {given.get(k)!r}" for k in sorted(set(recorded) | set(given))
+            if recorded.get(k) != given.get(k)]
+
+
+class ResumableOutput:
+    """The output folder of a command that writes it in steps and can be continued
+    (:func:`resumable_output`).
+
+    Attributes:
+        folder: the output folder.
+        progress: what the command saved with :meth:`save` before it was interrupted (``{}`` on a
+            fresh start): where to continue.
+        complete: the folder already holds this command's finished output with the same arguments
+            (``--continue`` of a finished command: nothing to do).
+    """
+
+    def __init__(self, folder: Path, command: str, arguments: dict, kept: set[str], progress: dict,
+                 listed: set[str], complete: bool = False):
+        self.folder, self.command, self.arguments = folder, command, arguments
+        self.kept, self.progress, self.complete = kept, progress, complete
+        self._listed = set(listed)
+
+    def _record(self, state: str, files: set[str], progress: dict | None) -> None:
+        rec = {"command": f"medsynth {self.command}", "state": state, "arguments": self.arguments,
+               "files": sorted(files)}
+        if progress is not None:
+            rec["progress"] = progress
+            rec["kept"] = sorted(self.kept)
+        write_text(self.folder / OUTPUTS_FILE, json.dumps(rec, indent=1) + "\n")
+
+    def save(self, progress: dict, planned=()) -> None:
+        """Record ``progress`` (JSON-ready: where to continue) and the files written so far, plus
+        ``planned`` (paths relative to the folder) about to be written: listed before they exist, so
+        that ``--overwrite`` removes them even after a SIGKILL in the middle of writing them."""
+        self._listed |= (_files_under(self.folder) - self.kept - {OUTPUTS_FILE}) | {str(p) for p in planned}
+        self.progress = progress
+        self._record("unfinished", self._listed, progress)
+
+    def _interrupted(self) -> None:
+        self._listed |= _files_under(self.folder) - self.kept - {OUTPUTS_FILE}
+        self._record("unfinished", self._listed, self.progress)
+
+    def _finish(self) -> None:
+        files = _files_under(self.folder) - self.kept - {OUTPUTS_FILE}
+        self._record("complete", files, None)
+
+
+def _remove_temporary_leftovers(folder: Path, files) -> int:
+    """Remove the temporary files :func:`medsynth.atomic.atomic_path` left beside ``files`` when a
+    process was killed while writing them (``.<name>.<random><suffix>``); nothing else."""
+    removed = 0
+    for rel in files:
+        target = folder / rel
+        if target.parent.is_dir():
+            for tmp in target.parent.glob(f".{target.name}.*"):
+                if tmp.is_file():
+                    tmp.unlink()
+                    removed += 1
+    return removed
+
+
+@contextmanager
+def resumable_output(folder: str | Path, command: str, arguments: dict, *, overwrite: bool = False,
+                     resume: bool = False, option: str = "--out") -> Iterator[ResumableOutput]:
+    """The output folder of a command that writes it in steps (``generate``): like
+    :func:`command_output`, except that an interrupted command can be continued.
+
+    The record (:data:`OUTPUTS_FILE`) is written as soon as the block starts, marked
+    ``"state": "unfinished"`` with ``arguments`` and the caller's progress (:meth:`ResumableOutput.save`),
+    and marked ``complete`` (files listed, progress dropped) when the block ends. If the block fails,
+    Ctrl-C included, the files written so far are KEPT and listed (a SIGKILL leaves the record of
+    the last save): the same command with ``resume`` continues from the saved progress, and
+    ``overwrite`` removes them all as usual.
+
+    Args:
+        folder: the output folder.
+        command: the command's name (in the record).
+        arguments: JSON-ready values of every argument the output depends on; a resume with other
+            values is refused. Input paths are given as digests (the record lies in a shared folder).
+        overwrite: replace medsynth's earlier output recorded in the folder (finished or not).
+        resume: continue an unfinished output of ``command`` with the same ``arguments``; on a new or
+            empty folder it starts afresh; on the finished output of the same arguments the block gets
+            ``complete`` True.
+        option: the option naming the folder, for messages.
+
+    Yields:
+        A :class:`ResumableOutput`.
+
+    Raises:
+        MedsynthError: one line: the folder is not writable; holds files (without ``overwrite``, with
+            what to do); ``resume`` with other arguments than the unfinished output was started with.
+    """
+    folder = Path(folder)
+    made = not folder.exists()
+    rec = _read_outputs_record(folder) if folder.is_dir() else None
+    mine = rec is not None and rec.get("command") == f"medsynth {command}" and isinstance(rec.get("arguments"), dict)
+    unfinished = mine and rec.get("state") == "unfinished" and isinstance(rec.get("progress"), dict)
+    if resume and not overwrite and mine and (unfinished or rec.get("state") == "complete"):
+        diff = _differences(rec["arguments"], arguments)
+        if diff:
+            what = "an unfinished" if unfinished else "the finished output of an earlier"
+            raise MedsynthError(folder, f"holds {what} `medsynth {command}` with other arguments ({'; '.join(diff)}): "
+                                        "run it with the same arguments to continue, or pass --overwrite")
+        check_output_folder(folder)
+        if not unfinished:
+            yield ResumableOutput(folder, command, arguments, set(), {}, set(rec.get("files", [])), complete=True)
+            return
+        kept = {str(f) for f in rec.get("kept", [])}
+        listed = {str(f) for f in rec.get("files", [])}
+        n = _remove_temporary_leftovers(folder, listed)
+        if n:
+            log.info("removed %d temporary file(s) an interrupted write left in %s", n, folder)
+        out = ResumableOutput(folder, command, arguments, kept, dict(rec["progress"]), listed)
+        log.info("resuming the unfinished `medsynth %s` in %s", command, folder)
+    else:
+        if unfinished and not overwrite:
+            raise MedsynthError(folder, f"holds an unfinished `medsynth {command}` (interrupted): continue it with "
+                                        "--continue and the same arguments, or pass --overwrite to start afresh")
+        if resume and not (folder.is_dir() and _files_under(folder)):
+            log.info("--continue: %s holds nothing to continue; starting", folder)
+        kept = _prepare_output_folder(folder, overwrite=overwrite, option=option)
+        out = ResumableOutput(folder, command, arguments, kept, {}, set())
+        out.save({})
+    try:
+        yield out
+    except BaseException:
+        if not out._listed and not (_files_under(folder) - out.kept - {OUTPUTS_FILE}):
+            (folder / OUTPUTS_FILE).unlink(missing_ok=True)  # failed before writing anything: leave nothing
+            if made and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
+        out._interrupted()
+        log.warning("`medsynth %s` stopped: the files written so far stay in %s; run the same command with "
+                    "--continue to continue it, or --overwrite to start afresh", command, folder)
+        raise
+    out._finish()
+
+
 @contextmanager
 def discard_on_failure(run_dir: str | Path, *, enabled: bool = True) -> Iterator[Path]:
     """Remove ``run_dir`` (a new run folder this start made) if the block fails, Ctrl-C included,
@@ -365,7 +515,7 @@ def discard_on_failure(run_dir: str | Path, *, enabled: bool = True) -> Iterator
 
 
 def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[str, str]],
-                      loading: dict | None = None) -> Path:
+                      loading: dict | None = None, geometry: dict | None = None) -> Path:
     """Record what a start of ``medsynth train`` loaded (atomic, rewritten by each start or resume).
 
     ``RUN/data_report.json`` (shareable) holds counts only; the skipped files' names, which may carry
@@ -379,6 +529,8 @@ def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[st
             out (``ImageSet.skipped``).
         loading: how the images were held (:meth:`medsynth.data.stream.LoadDecision.record`: in
             memory or streamed, and why; counts and settings only), recorded as ``"loading"``.
+        geometry: the images' field of view (:func:`medsynth.data.geometry.training_geometry`),
+            recorded as ``"geometry"``: what ``generate`` derives the written pixel spacing from.
 
     Returns:
         The shareable file written: ``{"images", "skipped", "skipped_by_reason": {reason: count},
@@ -396,6 +548,8 @@ def write_data_report(run_dir: str | Path, n_images: int, skipped: list[tuple[st
             "skipped_files_record": str(SKIPPED_FILES_FILE)}
     if loading is not None:
         body["loading"] = loading
+    if geometry is not None:
+        body["geometry"] = geometry
     return write_text(run_dir / DATA_REPORT_FILE, json.dumps(body, indent=1) + "\n")
 
 
@@ -482,6 +636,15 @@ def write_data_source(run_dir: str | Path, source: str | Path, domain_b: str | P
     body = {"warning": _LOCAL_WARNING, "source": str(Path(source).resolve()),
             "domain_b": None if domain_b is None else str(Path(domain_b).resolve())}
     return write_text(path, json.dumps(body, indent=1) + "\n")
+
+
+def read_data_geometry(run_dir: str | Path) -> dict | None:
+    """The training images' field of view a run recorded (``data_report.json``'s ``"geometry"``,
+    :func:`medsynth.data.geometry.training_geometry`); ``None`` for runs made before it was recorded."""
+    try:
+        return json.loads((Path(run_dir) / DATA_REPORT_FILE).read_text()).get("geometry")
+    except (OSError, ValueError):
+        return None
 
 
 def read_data_source(run_dir: str | Path) -> tuple[str, str | None]:

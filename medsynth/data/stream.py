@@ -33,9 +33,15 @@ size and modification time; a manifest's listed files included: the rule of
 file or setting gives another key, so a stale cache is never read; file names never carry a
 path. The index is written last (atomically), so a half-built cache is never used; a damaged one
 is rebuilt. Builders of the same key (torchrun ranks) take a file lock: one builds, the others
-reuse. Rows are read with ``os.preadv`` into the batch's own buffer: the pages go through the
-kernel's page cache and never count as the process's memory (a memory map would: its touched
-pages are resident set size).
+reuse. On several machines the cache folder may be shared or not: on a shared filesystem with
+locks (NFS) the first rank to take the lock builds it for all nodes; on each node's local disk
+(``$MEDSYNTH_CACHE_DIR`` on node-local scratch) each node builds its own, the same rows bit for
+bit, and ``medsynth train`` stops every rank unless all loaded the same images (content
+fingerprints compared across ranks). A filesystem that refuses locks is named in one error.
+Under torchrun each rank then reads only its slice of every global batch
+(:class:`medsynth.train.batches.StreamBatches`). Rows are read with ``os.preadv`` into the
+batch's own buffer: the pages go through the kernel's page cache and never count as the
+process's memory (a memory map would: its touched pages are resident set size).
 
 **Checks, streamed.** The cache is built in one pass over the files, with one image decoded at a
 time: each image is checked and hashed (:func:`medsynth.data.checks.pixel_hash`) as
@@ -113,19 +119,25 @@ _CHUNK = 256
 
 
 # ----------------------------------------------------------------------------- settings
-def stream_setting(value: Any) -> str:
-    """``data.stream`` as one of :data:`STREAM_SETTINGS` (YAML's bare ``on``/``off`` arrive as booleans).
+def switch_setting(option: str, value: Any, choices: tuple[str, ...]) -> str:
+    """An ``auto|on|off``-style setting as one of ``choices`` (YAML's bare ``on``/``off`` arrive as
+    booleans).
 
     Raises:
-        MedsynthError: any other value.
+        MedsynthError: any other value (naming ``option``).
     """
     if value is True:
         return "on"
     if value is False:
         return "off"
-    if value in STREAM_SETTINGS:
+    if value in choices:
         return str(value)
-    raise MedsynthError("data.stream", f"must be one of {', '.join(STREAM_SETTINGS)}, got {value!r}")
+    raise MedsynthError(option, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def stream_setting(value: Any) -> str:
+    """``data.stream`` as one of :data:`STREAM_SETTINGS` (:func:`switch_setting`)."""
+    return switch_setting("data.stream", value, STREAM_SETTINGS)
 
 
 def default_cache_dir() -> Path:
@@ -453,11 +465,21 @@ def _read_index(folder: Path, key: str, row_shape: tuple[int, ...]) -> _Cache | 
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created) for the block: one builder per cache key."""
+    """An exclusive ``flock`` on ``path`` (created) for the block: one builder per cache key, also
+    across machines on a shared filesystem that supports locks (NFS does).
+
+    Raises:
+        MedsynthError: the filesystem refuses locks (some network filesystems mounted without them).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        raise MedsynthError(path.parent, f"cannot lock the stream cache here ({exc.strerror}): set data.cache_dir "
+                                         f"or ${CACHE_ENV} to a folder on a local disk") from None
+    try:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

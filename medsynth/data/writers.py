@@ -531,12 +531,51 @@ def write_ct_series(
 
 
 # ----------------------------------------------------------------------------- synthetic sets
+class _Silent:
+    """A stand-in for :class:`~medsynth.progress.Progress` that reports nothing (the caller reports)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, k: int = 1) -> None:
+        return None
+
+
 def unit_to_dx(image: np.ndarray) -> np.ndarray:
     """``[-1, 1]`` -> 12-bit 0..4095 uint16 (dense = bright)."""
     return unit_to_uint(image, 12)
 
 
-def write_synthetic_set(
+def synthetic_stem(info: SyntheticInfo, index: int, total: int) -> str:
+    """The file stem of image ``index`` of a synthetic set of ``total`` images: ``synthetic_00042``
+    (``translated_...`` for translations), zero-padded to at least 5 digits (more when ``total``
+    needs them). It depends on the set's total, never on how the set was written (chunks)."""
+    width = max(len(str(max(int(total) - 1, 0))), 5)
+    return f"{info.source}_{int(index):0{width}d}"
+
+
+def synthetic_file_names(info: SyntheticInfo, start: int, n: int, total: int, *, fmt: str, modality: str,
+                         three_d: bool = False) -> list[str]:
+    """The files (paths relative to the set's folder) :func:`write_synthetic_files` writes for images
+    ``start .. start + n - 1`` of a set of ``total``; a CT volume as DICOM is a folder of slices, listed
+    as the folder. For a writer that records its files before writing them (resumable output)."""
+    ext = {"png": ".png", "nifti": ".nii.gz", "dicom": "" if (modality == "ct" and three_d) else ".dcm"}[fmt]
+    return [synthetic_stem(info, i, total) + ext for i in range(start, start + n)]
+
+
+def new_series_uids() -> dict[str, str]:
+    """Fresh study and series UIDs for one synthetic DICOM DX set (every radiograph of a set shares
+    them); a set written in chunks passes the same dict to every :func:`write_synthetic_files` call."""
+    return {"study": _uid(None), "series": _uid(None)}
+
+
+MANIFEST_COLUMNS = ["path", "label", "patient_id", "split", "modality", "format", "kind", "source"]
+
+
+def write_synthetic_files(
     out_dir: str | Path,
     images,
     labels,
@@ -547,28 +586,31 @@ def write_synthetic_set(
     ct_window: str | tuple[float, float] = "lung",
     spacing=None,
     split: str = "train",
+    start: int = 0,
+    total: int | None = None,
+    uids: dict[str, str] | None = None,
+    progress: bool = True,
 ):
-    """Write generated images with synthetic marking (every format, in the file) and a manifest.
+    """Write generated images with synthetic marking (every format, in the file); no manifest.
 
-    Reports its progress (:mod:`medsynth.progress`): ``generate: writing: i/N files``.
+    The files of :func:`write_synthetic_set`, for images ``start .. start + N - 1`` of a set of
+    ``total`` (named by :func:`synthetic_stem`): a set written chunk by chunk gets the same files
+    as one written at once.
 
     Args:
-        out_dir: output folder (created); files go under it and ``manifest.csv`` beside them.
+        out_dir: output folder (created).
         images: ``(N, 1, H, W)`` or ``(N, 1, D, H, W)`` float32 in ``[-1, 1]`` (tensor or array).
-        labels: ``(N,)`` int (1 = nodule present, -1 unknown).
-        modality: ``"xray"`` or ``"ct"``.
-        fmt: ``"png"``, ``"dicom"`` or ``"nifti"``.
-        info: :class:`SyntheticInfo` (model, run, seed; ``translation`` for translations of real
-            images, written ``translated_<n>`` with ``source`` ``translated``).
-        ct_window: window used to map CT ``[-1, 1]`` back to HU (:func:`unit_to_hu`).
-        spacing: voxel/pixel spacing mm (default 1 mm).
-        split: the split written in the manifest.
+        labels: ``(N,)`` int (1 = nodule present, -1 unknown), or ``None`` (all -1).
+        modality, fmt, info, ct_window, spacing, split: as :func:`write_synthetic_set`.
+        start: index in the set of the first image (file names, InstanceNumber, PatientID).
+        total: images in the whole set (default ``start + N``): fixes the names' zero padding.
+        uids: ``{"study", "series"}`` UIDs shared by the set's DX radiographs
+            (:func:`new_series_uids`; default fresh ones for this call).
+        progress: report ``generate: writing: i/N files`` (:mod:`medsynth.progress`).
 
     Returns:
-        DataFrame with columns ``path, label, patient_id, split, modality, format, kind,
-        source`` (paths relative to ``out_dir``; ``source`` :attr:`SyntheticInfo.source`), and
-        ``release_gate`` (:attr:`SyntheticInfo.gate`) when ``info.gate`` is set; also written to
-        ``out_dir/manifest.csv``.
+        DataFrame of the manifest rows (:data:`MANIFEST_COLUMNS`, paths relative to ``out_dir``,
+        plus ``release_gate`` when ``info.gate`` is set).
     """
     import pandas as pd
 
@@ -595,6 +637,10 @@ def write_synthetic_set(
     lab = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
     if len(lab) != n:
         raise MedsynthError(out_dir, f"{len(lab)} labels for {n} images")
+    start = int(start)
+    total = start + n if total is None else int(total)
+    if start < 0 or start + n > total:
+        raise MedsynthError(out_dir, f"images {start}..{start + n - 1} do not lie in a set of {total}")
     three_d = x.ndim == 5
     if three_d and fmt == "png":
         raise MedsynthError(out_dir, "3D volumes cannot be written as PNG; use nifti or dicom")
@@ -602,17 +648,15 @@ def write_synthetic_set(
         raise MedsynthError(out_dir, "X-ray images must be 2D (N, 1, H, W)")
     sp = spacing if spacing is not None else ((1.0, 1.0, 1.0) if three_d else (1.0, 1.0))
     kind = "radiograph" if modality == "xray" else ("volume" if three_d else "slice")
-    width = len(str(max(n - 1, 0)))
-    width = max(width, 5)
     rows = []
-    study_uid = _uid(None)
-    series_uid = _uid(None)
+    uids = uids or new_series_uids()
     # a bar on a terminal, "generate: writing: i/N files, ..., about m:ss left" log lines elsewhere
-    with Progress("generate: writing", n, "files") as bar:
-        for i in range(n):
-            pid = f"{info.identity}-{i:0{width}d}"
-            img = x[i, 0]
-            stem = f"{info.source}_{i:0{width}d}"
+    with (Progress("generate: writing", n, "files") if progress else _Silent()) as bar:
+        for j in range(n):
+            i = start + j
+            stem = synthetic_stem(info, i, total)
+            pid = f"{info.identity}-{stem.rpartition('_')[2]}"
+            img = x[j, 0]
             row_fmt = fmt
             if fmt == "png":
                 rel = f"{stem}.png"
@@ -628,7 +672,7 @@ def write_synthetic_set(
             elif modality == "xray":
                 rel = f"{stem}.dcm"
                 write_dicom_dx(out_dir / rel, unit_to_dx(img), pixel_spacing=sp[-2:], patient_id=pid,
-                               info=info, study_uid=study_uid, series_uid=series_uid, instance_number=i + 1)
+                               info=info, study_uid=uids["study"], series_uid=uids["series"], instance_number=i + 1)
             else:
                 hu = unit_to_hu(np.clip(img, -1, 1), ct_window)
                 if three_d:
@@ -640,15 +684,98 @@ def write_synthetic_set(
                     p = write_ct_series(out_dir, hu, spacing=sp, patient_id=pid, info=info, window=ct_window,
                                         prefix=stem)[0]
                     os.replace(p, out_dir / rel)
-            rows.append({"path": rel, "label": int(lab[i]), "patient_id": pid, "split": split,
+            rows.append({"path": rel, "label": int(lab[j]), "patient_id": pid, "split": split,
                          "modality": modality, "format": row_fmt, "kind": kind, "source": info.source})
             bar.update(1)
-    df = pd.DataFrame(rows, columns=["path", "label", "patient_id", "split", "modality", "format", "kind", "source"])
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     if info.gate is not None:
         df["release_gate"] = info.gate
-    write_csv(out_dir / "manifest.csv", df)
-    log.info("wrote %d %s %s images (%s) to %s", n, info.source, modality, fmt, out_dir)
     return df
+
+
+def write_synthetic_set(
+    out_dir: str | Path,
+    images,
+    labels,
+    *,
+    modality: str,
+    fmt: str,
+    info: SyntheticInfo,
+    ct_window: str | tuple[float, float] = "lung",
+    spacing=None,
+    split: str = "train",
+):
+    """Write generated images with synthetic marking (every format, in the file) and a manifest.
+
+    Reports its progress (:mod:`medsynth.progress`): ``generate: writing: i/N files``. Sets too large
+    to hold in memory are written chunk by chunk with :func:`write_synthetic_files` and
+    :func:`concat_manifests` (what ``medsynth generate`` does): the same files and manifest.
+
+    Args:
+        out_dir: output folder (created); files go under it and ``manifest.csv`` beside them.
+        images: ``(N, 1, H, W)`` or ``(N, 1, D, H, W)`` float32 in ``[-1, 1]`` (tensor or array).
+        labels: ``(N,)`` int (1 = nodule present, -1 unknown).
+        modality: ``"xray"`` or ``"ct"``.
+        fmt: ``"png"``, ``"dicom"`` or ``"nifti"``.
+        info: :class:`SyntheticInfo` (model, run, seed; ``translation`` for translations of real
+            images, written ``translated_<n>`` with ``source`` ``translated``).
+        ct_window: window used to map CT ``[-1, 1]`` back to HU (:func:`unit_to_hu`).
+        spacing: voxel/pixel spacing mm (default 1 mm).
+        split: the split written in the manifest.
+
+    Returns:
+        DataFrame with columns ``path, label, patient_id, split, modality, format, kind,
+        source`` (paths relative to ``out_dir``; ``source`` :attr:`SyntheticInfo.source`), and
+        ``release_gate`` (:attr:`SyntheticInfo.gate`) when ``info.gate`` is set; also written to
+        ``out_dir/manifest.csv``.
+    """
+    df = write_synthetic_files(out_dir, images, labels, modality=modality, fmt=fmt, info=info, ct_window=ct_window,
+                               spacing=spacing, split=split)
+    write_csv(Path(out_dir) / "manifest.csv", df)
+    log.info("wrote %d %s %s images (%s) to %s", len(df), info.source, modality, fmt, out_dir)
+    return df
+
+
+def concat_manifests(parts: list[str | Path], path: str | Path) -> Path:
+    """Join manifest CSVs with the same header (chunks of one set, in order) into one file, atomically,
+    line by line (memory does not grow with the number of rows).
+
+    Raises:
+        MedsynthError: no parts, or a part whose header differs from the first part's.
+    """
+    if not parts:
+        raise MedsynthError(path, "no manifest parts to join")
+    path = Path(path)
+    header = None
+    with atomic_path(path, ".csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+        for part in parts:
+            with open(part, encoding="utf-8", newline="") as f:
+                first = f.readline()
+                if header is None:
+                    header = first
+                    out.write(first)
+                elif first != header:
+                    raise MedsynthError(part, f"its columns differ from the first part's ({first.strip()!r})")
+                for line in f:
+                    out.write(line)
+    return path
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The latent seed of chunk ``chunk`` of a set sampled with ``seed`` (``medsynth generate``).
+
+    Chunk 0 uses ``seed`` itself, so a set of at most one chunk holds the images an unchunked
+    ``generate --seed`` wrote; later chunks use a seed derived from ``(seed, chunk)`` with
+    :class:`numpy.random.SeedSequence`, so each chunk is reproducible on its own (an interrupted
+    generate resumes at any chunk) and independent of how many images the gate removed before it.
+
+    Returns:
+        A seed in ``[0, 2**63)`` for ``torch.Generator.manual_seed``.
+    """
+    if int(chunk) == 0:
+        return int(seed)
+    state = np.random.SeedSequence([int(seed) % 2**63, int(chunk)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------- sampling in batches
@@ -659,7 +786,7 @@ SAMPLE_BATCH = 64
 
 
 def sample_in_batches(model, count: int, *, labels=None, generator=None, truncation: float | None = None,
-                      batch_size: int = SAMPLE_BATCH, desc: str = "generate: sampling"):
+                      batch_size: int = SAMPLE_BATCH, desc: str = "generate: sampling", progress: bool = True):
     """Draw ``count`` images from a trained generator, ``batch_size`` at a time, reporting progress.
 
     The same classes and latents as one ``model.sample(count, labels=labels, generator=generator,
@@ -678,6 +805,7 @@ def sample_in_batches(model, count: int, *, labels=None, generator=None, truncat
         truncation: truncation psi in ``[0, 1]`` (StyleGAN2, BigGAN), ``None`` = off.
         batch_size: images per ``model.sample`` call (and per progress update), >= 1.
         desc: the progress line's name.
+        progress: report progress (``False``: the caller reports it).
 
     Returns:
         ``(count, C, *S)`` float32 tensor in ``[-1, 1]``.
@@ -692,7 +820,7 @@ def sample_in_batches(model, count: int, *, labels=None, generator=None, truncat
     if labels is not None and len(labels) != count:
         raise MedsynthError(None, f"{len(labels)} labels for {count} images")
     out = []
-    with Progress(desc, count, "images") as bar:
+    with (Progress(desc, count, "images") if progress else _Silent()) as bar:
         for i in range(0, count, batch_size):
             k = min(batch_size, count - i)
             lab = None if labels is None else labels[i : i + k]
@@ -771,3 +899,18 @@ def write_csv(path: str | Path, df) -> Path:
     with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False)
     return path
+
+
+#: at most this many images per chunk of ``medsynth generate`` (sampled, gated and written together)
+CHUNK_IMAGES = 1000
+#: and at most about this many bytes of float32 pixels per chunk (3D volumes: fewer images per chunk)
+CHUNK_BYTES = 64 * 2**20
+
+
+def generate_chunk_size(image_shape) -> int:
+    """Images per chunk of ``medsynth generate`` for images of ``image_shape`` (``(C, *S)``):
+    :data:`CHUNK_IMAGES`, fewer when their float32 pixels would exceed :data:`CHUNK_BYTES`; >= 1.
+    The chunk size fixes which latents each image gets (:func:`chunk_seed`): it is part of a
+    resumable generate's arguments."""
+    per_image = 4 * int(np.prod([int(v) for v in image_shape]))
+    return int(max(1, min(CHUNK_IMAGES, CHUNK_BYTES // max(per_image, 1))))

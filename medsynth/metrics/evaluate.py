@@ -74,6 +74,7 @@ from medsynth.metrics.membership import (
     distance_attack_scores,
     distance_summary,
     membership_attack,
+    nearest_neighbours,
 )
 from medsynth.metrics.prdc import kernel_inception_distance, prdc
 from medsynth.metrics.two_sample import READING as TWO_SAMPLE_READING
@@ -87,6 +88,8 @@ logger = logging.getLogger(__name__)
 #: the 1st percentile of real-to-real distances (the same rule as the report's DCR screen).
 MEMORISATION_FLAG_FRACTION = 0.05
 N_CLOSEST_PAIRS = 8
+#: synthetic images per ``model.sample`` call of :func:`evaluate_run` (the draws of one call for all)
+SAMPLE_CHUNK = 256
 #: images of each set (synthetic, real) in the side-by-side sample figure
 GRID_N = 16
 #: the figures of ``RUN/evaluate/`` that show real training images (the side-by-side samples, the
@@ -487,10 +490,9 @@ def evaluate_sets(
 
 
 def _nearest_index(q: torch.Tensor, ref: torch.Tensor):
-    from sklearn.neighbors import NearestNeighbors
-
-    d, i = NearestNeighbors(n_neighbors=1).fit(ref.reshape(len(ref), -1).numpy()).kneighbors(
-        q.reshape(len(q), -1).numpy())
+    """Each query image's nearest reference image: ``(dist (N,), idx (N,))``, searched in bounded
+    memory (:func:`~medsynth.metrics.membership.nearest_neighbours`)."""
+    d, i = nearest_neighbours(q, ref, 1)
     return d[:, 0], i[:, 0]
 
 
@@ -591,13 +593,21 @@ def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Privacy: membership inference", ["attack", "note"], [["all", mia["skipped"]]]))
     else:
         rows = []
-        for key, lab in (("distance", "distance to nearest synthetic"), ("discriminator", "discriminator score")):
+        for key, lab in (("distance", "distance to nearest synthetic (attacks the released synthetic set)"),
+                         ("discriminator", "discriminator score (white-box: a reason not to share D or the "
+                                           "checkpoint; says nothing of the synthetic set)")):
             d = mia.get(key, {})
-            rows.append([lab, _auc(d.get("attack", d)), _auc(d.get("control")) if "control" in d else "–",
+            pm = d.get("permutation")
+            rows.append([lab, _auc(d.get("attack", d)),
+                         "–" if pm is None else (f"{pm['null_95'][0]:.3f}–{pm['null_95'][1]:.3f}, "
+                                                 f"p = {pm['p_value']:.3f} ({pm['n_permutations']} over {pm['permuted']})"),
+                         _auc(d.get("control")) if "control" in d else "–",
                          _f(d.get("excess_over_control")) if "excess_over_control" in d else "–"])
         out.append(((f"Privacy: membership inference ({mia.get('n_members')} training vs {mia.get('n_nonmembers')} "
-                    "held-out real images; AUROC [95% bootstrap CI])"),
-                    ["attack", "training vs held-out", "control: held-out half vs half", "attack - control"], rows))
+                    "held-out real images; AUROC [95% bootstrap CI]; permutation null: the AUROC's 95 % range when "
+                    "membership is permuted over patients, one-sided p)"),
+                    ["attack", "training vs held-out", "permutation null 95 % range, p",
+                     "control: held-out half vs half", "attack - control"], rows))
     return out
 
 
@@ -751,8 +761,12 @@ def _evaluate_run_stages(prog: Progress, run_dir: Path, out_dir: Path, cfg, mode
     prog.set_postfix("sampling")
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(count) % model.num_classes) if model.num_classes > 0 else None
+    syn = torch.empty((count, *tr.images.shape[1:]), dtype=torch.float32)  # filled batch by batch: no second copy
     with torch.no_grad():
-        syn = model.sample(count, labels=labels, generator=g).float().clamp(-1, 1)
+        for s in range(0, count, SAMPLE_CHUNK):  # the draws of one sample(count) call, SAMPLE_CHUNK at a time
+            n = min(SAMPLE_CHUNK, count - s)
+            syn[s : s + n] = model.sample(n, labels=None if labels is None else labels[s : s + n],
+                                          generator=g).float().clamp(-1, 1)
     prog.update(1)
     prog.set_postfix("encoder")
     if isinstance(encoder, nn.Module):

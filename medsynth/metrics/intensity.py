@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 BODY_UNIT_THRESHOLD = -0.95
 #: CT pixels must also be above this (air ≈ -1000 HU).
 BODY_HU_THRESHOLD = -950.0
+#: images per piece of :func:`intensity_histogram` (its memory does not grow with the set)
+HISTOGRAM_CHUNK = 256
 
 
 def _images(x, name: str) -> torch.Tensor:
@@ -94,13 +96,19 @@ def intensity_histogram(images, *, modality: str, ct_window="lung", mask=None, b
         ``(counts (bins,) float64, edges (bins + 1,), mask_fraction)``.
     """
     x = _images(images, "images")
-    m = body_mask(x, modality=modality, ct_window=ct_window) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
-    if m.shape != x.shape:
-        raise MedsynthError("mask", f"shape {tuple(m.shape)} differs from the images' {tuple(x.shape)}")
-    vals = to_native(x, modality=modality, ct_window=ct_window)[m.numpy()]
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != x.shape:
+            raise MedsynthError("mask", f"shape {tuple(mask.shape)} differs from the images' {tuple(x.shape)}")
     lo, hi = value_range(modality, ct_window)
-    counts, edges = np.histogram(vals, bins=bins, range=(lo, hi))
-    return counts.astype(np.float64), edges, float(m.float().mean())
+    counts, edges = np.zeros(bins, np.int64), np.histogram_bin_edges([], bins=bins, range=(lo, hi))
+    inside = 0
+    for i in range(0, len(x), HISTOGRAM_CHUNK):  # counts add up: memory bounded by one chunk, not the set
+        xc = x[i : i + HISTOGRAM_CHUNK]
+        m = body_mask(xc, modality=modality, ct_window=ct_window) if mask is None else mask[i : i + HISTOGRAM_CHUNK]
+        counts += np.histogram(to_native(xc, modality=modality, ct_window=ct_window)[m.numpy()], bins=edges)[0]
+        inside += int(m.sum())
+    return counts.astype(np.float64), edges, inside / max(x.numel(), 1)
 
 
 def axis_profiles(images, *, modality: str, ct_window="lung") -> dict[str, np.ndarray]:

@@ -42,14 +42,95 @@ from medsynth.models.base import GANVariant
 logger = logging.getLogger(__name__)
 
 
-def _vectors(x, name: str) -> np.ndarray:
+#: query rows per nearest-neighbour search call (:func:`nearest_neighbours`)
+QUERY_CHUNK = 256
+#: and at most about this many bytes of query rows (float64, times k for the exact distances)
+QUERY_CHUNK_BYTES = 32 * 2**20
+#: reference rows are searched in pieces of at most about this many bytes (float64)
+REFERENCE_CHUNK_BYTES = 32 * 2**20
+
+
+def _rows(x, name: str) -> np.ndarray:
+    """``(N, F)`` / ``(N, 1, *S)`` -> ``(N, D)`` rows in their own dtype (a view where possible)."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.ndim not in (2, 4, 5) or a.shape[0] == 0:
         raise MedsynthError(name, f"expected (N, F) features or (N, 1, *S) images, got shape {a.shape}")
-    return a.reshape(a.shape[0], -1).astype(np.float64)
+    return a.reshape(a.shape[0], -1)
 
 
-def dcr_nndr(query, reference, *, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _f64(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float64, copy=False)
+
+
+def nearest_neighbours(query, reference, k: int = 1, *, exclude_self: bool = False, query_chunk: int = QUERY_CHUNK,
+                       reference_chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest reference rows of every query row (L2), in bounded memory.
+
+    The search (sklearn ``NearestNeighbors``, brute force) runs on ``query_chunk`` query rows at a
+    time against ``reference_chunk`` reference rows at a time, keeping a running top-``k`` per query
+    row, so no ``N x M`` distance matrix and no float64 copy of a whole set is ever held; the
+    distances returned are then recomputed exactly (float64 differences) for the chosen neighbours
+    (the search's dot-product form leaves ~1e-6 for copies). The same neighbours as one search over
+    everything, up to ties.
+
+    Args:
+        query: ``(N, 1, *S)`` images (flattened) or ``(N, F)`` vectors.
+        reference: ``(M, ...)`` rows of the same length; M >= k (M >= k + 1 with ``exclude_self``).
+        k: neighbours per query row.
+        exclude_self: ``query`` *is* ``reference`` (same rows, same order): each row's own entry
+            is skipped (for exact duplicates, another row of equal distance may be skipped instead).
+        query_chunk: query rows per search call (>= 1); fewer when their float64 copy (times
+            ``k``) would exceed :data:`QUERY_CHUNK_BYTES`.
+        reference_chunk: reference rows per search (>= 1); default: all of them, or fewer when
+            their float64 copy would exceed :data:`REFERENCE_CHUNK_BYTES`.
+
+    Returns:
+        ``(dist (N, k) float64 >= 0, idx (N, k) int64)``, nearest first by the search's distances
+        (an exact distance may differ from the search's in the last digits, so near-ties can appear
+        out of order, as with one sklearn search).
+    """
+    q, r = _rows(query, "query"), _rows(reference, "reference")
+    if q.shape[1] != r.shape[1]:
+        raise MedsynthError("reference", f"vector length {r.shape[1]} differs from the queries' {q.shape[1]}")
+    k = int(k)
+    want = k + 1 if exclude_self else k
+    if k < 1 or len(r) < want:
+        raise MedsynthError("reference", f"need at least {want} reference rows, got {len(r)}")
+    if exclude_self and len(q) != len(r):
+        raise MedsynthError("query", "exclude_self needs query and reference to be the same rows")
+    # fewer query rows per piece when rows are large (1024² images are 8 MiB each in float64)
+    qc = max(1, min(int(query_chunk), QUERY_CHUNK_BYTES // max(8 * want * q.shape[1], 1)))
+    rc = reference_chunk or max(want, REFERENCE_CHUNK_BYTES // max(8 * r.shape[1], 1))
+    rc = max(want, int(rc))
+    n = len(q)
+    best_d = np.full((n, want), np.inf)
+    best_i = np.full((n, want), -1, dtype=np.int64)
+    for r0 in range(0, len(r), rc):
+        ref = _f64(r[r0 : r0 + rc])
+        nn = NearestNeighbors(n_neighbors=min(want, len(ref))).fit(ref)
+        for q0 in range(0, n, qc):
+            d, i = nn.kneighbors(_f64(q[q0 : q0 + qc]))
+            cat_d = np.concatenate([best_d[q0 : q0 + qc], d], axis=1)
+            cat_i = np.concatenate([best_i[q0 : q0 + qc], i + r0], axis=1)
+            order = np.argsort(cat_d, axis=1, kind="stable")[:, :want]
+            best_d[q0 : q0 + qc] = np.take_along_axis(cat_d, order, axis=1)
+            best_i[q0 : q0 + qc] = np.take_along_axis(cat_i, order, axis=1)
+        del nn, ref
+    if exclude_self:
+        own = best_i == np.arange(n)[:, None]
+        # drop each row's own entry (or, for exact duplicates, the last column); keep k
+        keep = np.where(own.any(1, keepdims=True), ~own, np.arange(want)[None, :] < k)
+        best_i = best_i[keep].reshape(n, k)
+    dist = np.empty((n, k))
+    for q0 in range(0, n, qc):  # exact distances to the chosen neighbours
+        idx = best_i[q0 : q0 + qc]
+        dist[q0 : q0 + qc] = np.linalg.norm(_f64(q[q0 : q0 + qc])[:, None, :] - _f64(r[idx.ravel()]).reshape(
+            idx.shape[0], k, -1), axis=2)
+    return dist, best_i
+
+
+def dcr_nndr(query, reference, *, exclude_self: bool = False, query_chunk: int = QUERY_CHUNK,
+             reference_chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Distance to closest record and nearest-neighbour distance ratio.
 
     Args:
@@ -58,28 +139,18 @@ def dcr_nndr(query, reference, *, exclude_self: bool = False) -> tuple[np.ndarra
             ``exclude_self``).
         exclude_self: ``query`` *is* ``reference`` (same rows, same order): each row's own
             entry is skipped (leave-one-out real-to-real reference distribution).
+        query_chunk, reference_chunk: the search's pieces (:func:`nearest_neighbours`: bounded
+            memory, the same result).
 
     Returns:
         ``(dcr (N,) ≥ 0, nndr (N,) in [0, 1])``; NNDR = d1 / d2, and 0 when d2 = 0 (then
         d1 = 0 too: the query has duplicates in the reference).
     """
-    q, r = _vectors(query, "query"), _vectors(reference, "reference")
-    if q.shape[1] != r.shape[1]:
-        raise MedsynthError("reference", f"vector length {r.shape[1]} differs from the queries' {q.shape[1]}")
     need = 3 if exclude_self else 2
-    if len(r) < need:
-        raise MedsynthError("reference", f"need at least {need} reference rows, got {len(r)}")
-    if exclude_self and len(q) != len(r):
-        raise MedsynthError("query", "exclude_self needs query and reference to be the same rows")
-    k = need
-    dist, idx = NearestNeighbors(n_neighbors=k).fit(r).kneighbors(q)
-    if exclude_self:
-        own = idx == np.arange(len(q))[:, None]
-        # drop each row's own entry (or, for exact duplicates, the last column); keep 2
-        keep = np.where(own.any(1, keepdims=True), ~own, np.arange(k)[None, :] < 2)
-        dist, idx = dist[keep].reshape(len(q), 2), idx[keep].reshape(len(q), 2)
-    # exact distances to the chosen neighbours (the search's dot-product form leaves ~1e-6 for copies)
-    dist = np.linalg.norm(q[:, None, :] - r[idx[:, :2]], axis=2)
+    if len(_rows(reference, "reference")) < need:
+        raise MedsynthError("reference", f"need at least {need} reference rows, got {len(_rows(reference, 'reference'))}")
+    dist, _ = nearest_neighbours(query, reference, 2, exclude_self=exclude_self, query_chunk=query_chunk,
+                                 reference_chunk=reference_chunk)
     d1, d2 = dist[:, 0], dist[:, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(d2 > 0, d1 / np.where(d2 > 0, d2, 1.0), 0.0)
@@ -106,22 +177,23 @@ def distance_summary(synth_vals, real_vals) -> dict[str, float]:
             "frac_below_real_p5": float(np.mean(s <= p5))}
 
 
-def distance_attack_scores(real_images, synthetic) -> np.ndarray:
+def distance_attack_scores(real_images, synthetic, *, query_chunk: int = QUERY_CHUNK,
+                           reference_chunk: int | None = None) -> np.ndarray:
     """Score of the distance attack: minus the L2 distance of each real image to its nearest
     synthetic image (higher = more likely a training image).
 
     Args:
         real_images: ``(N, 1, *S)`` in [-1, 1] (or ``(N, F)`` features).
         synthetic: ``(M, 1, *S)`` in [-1, 1] (or ``(M, F)``).
+        query_chunk, reference_chunk: the search's pieces (:func:`nearest_neighbours`).
 
     Returns:
         ``(N,)`` float64 scores ≤ 0.
     """
-    q, r = _vectors(real_images, "real_images"), _vectors(synthetic, "synthetic")
+    q, r = _rows(real_images, "real_images"), _rows(synthetic, "synthetic")
     if q.shape[1] != r.shape[1]:
         raise MedsynthError("synthetic", f"vector length {r.shape[1]} differs from the real images' {q.shape[1]}")
-    _, idx = NearestNeighbors(n_neighbors=1).fit(r).kneighbors(q)
-    return -np.linalg.norm(q - r[idx[:, 0]], axis=1)
+    return -nearest_neighbours(q, r, 1, query_chunk=query_chunk, reference_chunk=reference_chunk)[0][:, 0]
 
 
 @torch.no_grad()
@@ -203,6 +275,64 @@ def control_split(n: int, groups: Sequence | None = None, *, seed: int = 0) -> n
     return np.isin(g, chosen)
 
 
+def permutation_null(pos, neg, pos_groups: Sequence | None = None, neg_groups: Sequence | None = None, *,
+                     n_perm: int = 1000, seed: int = 0) -> dict:
+    """Permutation null of the attack AUROC: how high it gets when membership is random.
+
+    The member / non-member labels are permuted over whole patients (``*_groups``; over images
+    without them), keeping the number of member patients, and the AUROC (Mann-Whitney, ties
+    counted one half) is recomputed for each permutation. Unlike one random held-out split, this
+    gives the whole distribution an attack with no signal produces on these very scores.
+
+    Args:
+        pos: ``(N,)`` attack scores of members; higher = "member".
+        neg: ``(M,)`` scores of non-members.
+        pos_groups, neg_groups: optional patient ids of each (members' and non-members' patients
+            are disjoint by construction; ids are kept apart by side).
+        n_perm: permutations.
+        seed: seeds the permutations.
+
+    Returns:
+        ``{"auroc", "null_mean", "null_sd", "null_95": [lo, hi], "p_value", "n_permutations",
+        "permuted"}``; ``p_value`` is one-sided (attack above chance), ``(1 + #{null >= auroc}) /
+        (1 + n_perm)``.
+    """
+    from scipy.stats import rankdata
+
+    pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
+    if len(pos) < 2 or len(neg) < 2:
+        raise MedsynthError("scores", f"need at least 2 scores per group, got {len(pos)} and {len(neg)}")
+    grouped = pos_groups is not None and neg_groups is not None
+    if grouped:
+        ids = np.r_[np.asarray([f"a:{c}" for c in np.asarray(pos_groups).ravel()]),
+                    np.asarray([f"b:{c}" for c in np.asarray(neg_groups).ravel()])]
+        cluster = np.unique(ids, return_inverse=True)[1].ravel()
+    else:
+        cluster = np.arange(len(pos) + len(neg))
+    k = int(cluster.max()) + 1
+    n_member_clusters = len(np.unique(cluster[: len(pos)]))
+    ranks = rankdata(np.r_[pos, neg])
+
+    def auc(labels: np.ndarray) -> np.ndarray:  # labels (P, N) bool -> (P,) AUROC
+        n1 = labels.sum(1).astype(np.float64)
+        n0 = labels.shape[1] - n1
+        return (labels @ ranks - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+    observed = float(auc(np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)][None])[0])
+    rng = np.random.default_rng([seed, 7])
+    null = np.empty(int(n_perm))
+    for b0 in range(0, int(n_perm), 200):  # (200, N) labels at a time
+        b = min(200, int(n_perm) - b0)
+        member = np.argsort(rng.random((b, k)), axis=1)[:, :n_member_clusters]
+        is_member = np.zeros((b, k), bool)
+        np.put_along_axis(is_member, member, True, axis=1)
+        null[b0 : b0 + b] = auc(is_member[:, cluster])
+    return {"auroc": observed, "null_mean": float(null.mean()), "null_sd": float(null.std(ddof=1)),
+            "null_95": [float(np.quantile(null, 0.025)), float(np.quantile(null, 0.975))],
+            "p_value": float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null))),
+            "n_permutations": int(n_perm), "permuted": "patients" if grouped else "images"}
+
+
 def membership_attack(
     member_scores,
     nonmember_scores,
@@ -226,7 +356,9 @@ def membership_attack(
         ``{"attack": {"auroc", "lo", "hi", ...}, "control": {...}, "excess_over_control"}``;
         ``attack`` is members vs all non-members; ``control`` is one random half of the
         non-members (by patient) against the other half, scored the same way (≈0.5);
-        ``excess_over_control`` = attack AUROC - control AUROC.
+        ``excess_over_control`` = attack AUROC - control AUROC; ``permutation``: the attack AUROC's
+        permutation null over patients (:func:`permutation_null`, ``max(n_boot, 200)``
+        permutations) with its one-sided p-value: the control to read (one random half says little).
     """
     neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
     ng = None if nonmember_groups is None else np.asarray(nonmember_groups)
@@ -235,4 +367,6 @@ def membership_attack(
     half = control_split(len(neg), ng, seed=seed)
     control = _auc_ci(neg[half], neg[~half], None if ng is None else ng[half],
                       None if ng is None else ng[~half], n_boot=n_boot, seed=seed + 1)
-    return {"attack": attack, "control": control, "excess_over_control": attack["auroc"] - control["auroc"]}
+    null = permutation_null(member_scores, neg, mg, ng, n_perm=max(n_boot, 200), seed=seed)
+    return {"attack": attack, "control": control, "excess_over_control": attack["auroc"] - control["auroc"],
+            "permutation": null}

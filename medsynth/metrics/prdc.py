@@ -91,13 +91,24 @@ def _kth_nn_radius(x: np.ndarray, k: int) -> np.ndarray:
     return dist[:, k]
 
 
-def prdc(real_feats, synth_feats, *, k: int = 5) -> dict[str, float]:
+#: distances held at a time by :func:`prdc` (float64 bytes of one ``chunk x M`` block)
+PRDC_BLOCK_BYTES = 64 * 2**20
+
+
+def prdc(real_feats, synth_feats, *, k: int = 5, chunk: int | None = None) -> dict[str, float]:
     """Precision, recall (Kynkäänniemi 2019), density and coverage (Naeem 2020).
+
+    The real-to-synthetic distances are computed ``chunk`` real rows at a time (sklearn
+    ``pairwise_distances``) and reduced as they come (ball membership counts, nearest synthetic
+    distance), so memory stays at one ``chunk x M`` block however large N is; the result is the
+    one a single ``N x M`` matrix gives.
 
     Args:
         real_feats: ``(N, F)`` features of real images (N > k).
         synth_feats: ``(M, F)`` features of synthetic images (M > k).
         k: neighbourhood size of the k-NN balls (5, as in both papers).
+        chunk: real rows per distance block (>= 1); default as many as fit
+            :data:`PRDC_BLOCK_BYTES`.
 
     Returns:
         ``{"precision", "recall", "density", "coverage", "k", "n_real", "n_synthetic"}``;
@@ -110,13 +121,20 @@ def prdc(real_feats, synth_feats, *, k: int = 5) -> dict[str, float]:
         raise MedsynthError("synth_feats", f"feature length {s.shape[1]} differs from {r.shape[1]}")
     r_rad = _kth_nn_radius(r, k)
     s_rad = _kth_nn_radius(s, k)
-    d = pairwise_distances(r, s)  # (N, M)
-    in_real_ball = d < r_rad[:, None]
+    step = max(1, int(chunk) if chunk is not None else PRDC_BLOCK_BYTES // (8 * len(s)))
+    balls = np.zeros(len(s), dtype=np.int64)  # real balls holding each synthetic sample
+    recalled = np.zeros(len(r), dtype=bool)  # real samples inside some synthetic ball
+    covered = np.zeros(len(r), dtype=bool)  # real balls holding some synthetic sample
+    for i in range(0, len(r), step):
+        d = pairwise_distances(r[i : i + step], s)  # (chunk, M)
+        balls += (d < r_rad[i : i + step, None]).sum(0)
+        recalled[i : i + step] = (d < s_rad[None, :]).any(1)
+        covered[i : i + step] = d.min(1) < r_rad[i : i + step]
     return {
-        "precision": float(in_real_ball.any(0).mean()),
-        "recall": float((d < s_rad[None, :]).any(1).mean()),
-        "density": float(in_real_ball.sum(0).mean() / k),
-        "coverage": float((d.min(1) < r_rad).mean()),
+        "precision": float((balls > 0).mean()),
+        "recall": float(recalled.mean()),
+        "density": float(balls.mean() / k),
+        "coverage": float(covered.mean()),
         "k": int(k),
         "n_real": int(len(r)),
         "n_synthetic": int(len(s)),

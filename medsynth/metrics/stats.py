@@ -8,6 +8,10 @@
   (patients) with replacement.
 * :func:`paired_bootstrap_diff`: the difference of a metric between two score vectors on the
   same cases, with the *same* resamples for both, a percentile CI and a two-sided p-value.
+* :func:`hierarchical_paired_bootstrap`: the AUROC difference of two arms that were each trained
+  several times (generator repeats x classifier seeds), resampling repeats, seeds within repeats
+  and test patients, so the interval covers training noise as well as test-set sampling.
+* :func:`holm`: Holm's step-down adjustment of a family of p-values.
 
 Resamples are drawn as multinomial counts per cluster (each case its own cluster unless
 ``clusters`` is given) and evaluated as weighted metrics, vectorised over all resamples, so
@@ -33,6 +37,8 @@ __all__ = [
     "BootstrapCI",
     "bootstrap_ci",
     "paired_bootstrap_diff",
+    "hierarchical_paired_bootstrap",
+    "holm",
 ]
 
 Metric = str | Callable[[np.ndarray, np.ndarray], float]
@@ -287,4 +293,110 @@ def paired_bootstrap_diff(
         "b": float(b),
         "n_boot": int(n_boot),
         "n_degenerate": int(n_deg),
+    }
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control at any level).
+
+    With ``m`` p-values sorted ascending ``p_(1) <= ... <= p_(m)``, the adjusted value of
+    ``p_(i)`` is ``max_{j <= i} min(1, (m - j + 1) p_(j))``; reject where the adjusted value is
+    ``<= alpha``.
+
+    Args:
+        pvalues: ``(m,)`` p-values in ``[0, 1]`` (no NaN).
+
+    Returns:
+        ``(m,)`` float64 adjusted p-values in ``[0, 1]``, in the input order.
+
+    Raises:
+        ValueError: a p-value outside ``[0, 1]`` or NaN.
+    """
+    p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
+    if not np.all((p >= 0) & (p <= 1)):  # also refuses NaN
+        raise ValueError(f"p-values must lie in [0, 1], got {p.tolist()}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+def hierarchical_paired_bootstrap(
+    y_true,
+    scores_a,
+    scores_b,
+    *,
+    clusters: Sequence | np.ndarray | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
+    """Hierarchical paired bootstrap of an AUROC difference between two repeatedly trained arms.
+
+    Arm ``a`` and arm ``b`` were each trained once per (repeat ``r``, seed ``s``) cell, paired by
+    cell (same real subset, same classifier seed): ``scores_*[r, s]`` are that run's test scores.
+    Each resample draws, independently, (1) ``R`` repeats with replacement, (2) within each drawn
+    repeat ``S`` seeds with replacement, and (3) the test clusters (patients) with replacement,
+    one draw shared by both arms and every cell (so the comparison stays paired). The statistic
+    is the mean over the drawn cells of ``AUROC_a - AUROC_b`` on the resampled test set (equal to
+    the difference of the arms' mean AUROCs). A level with one element (one generator run) does
+    not vary, and its spread is then not in the interval.
+
+    Args:
+        y_true: ``(N,)`` test labels in ``{0, 1}``.
+        scores_a, scores_b: ``(R, S, N)`` scores (higher = more likely positive) per repeat,
+            seed and test case.
+        clusters: ``(N,)`` cluster ids (patients); ``None`` = each case its own cluster.
+        n_boot: resamples (non-degenerate in the test level: both classes present).
+        seed: seeds the ``numpy.random.Generator`` (test weights first, then repeats and seeds).
+        alpha: 1 - confidence level.
+
+    Returns:
+        ``{"diff", "lo", "hi", "p", "a", "b", "per_run", "n_boot", "n_degenerate",
+        "n_repeats", "n_seeds", "n_clusters"}``: ``diff`` = mean over cells of the full-test-set
+        AUROC differences (``a``, ``b`` the arms' mean AUROCs), ``lo``/``hi`` the percentile
+        interval, ``p`` the two-sided bootstrap p ``2 min(P*(d <= 0), P*(d >= 0))`` floored at
+        ``1 / n_boot`` and capped at 1, ``per_run`` the ``(R, S)`` differences as nested lists.
+
+    Raises:
+        ValueError: shapes that disagree, or labels that are not binary with both classes.
+    """
+    y = np.asarray(y_true).reshape(-1)
+    a = np.asarray(scores_a, dtype=np.float64)
+    b = np.asarray(scores_b, dtype=np.float64)
+    if a.ndim != 3 or a.shape != b.shape or a.shape[2] != len(y):
+        raise ValueError(f"scores must both be (R, S, N={len(y)}), got {a.shape} and {b.shape}")
+    y, _ = _check(y, a[0, 0])
+    if y.min(initial=1) == y.max(initial=0):
+        raise ValueError("y_true needs both classes")
+    n_rep, n_seed, _ = a.shape
+    cl_idx, k = _cluster_index(clusters, len(y))
+    rng = np.random.default_rng(seed)
+    w, n_deg = _draw_weights(y, cl_idx, k, n_boot, rng)
+    full = np.ones((1, len(y)))
+    per_run = np.empty((n_rep, n_seed))
+    d_boot = np.empty((n_rep, n_seed, n_boot))
+    auc_a = np.empty((n_rep, n_seed))
+    auc_b = np.empty((n_rep, n_seed))
+    for r in range(n_rep):
+        for s in range(n_seed):
+            auc_a[r, s] = _weighted_auroc(y, a[r, s], full)[0]
+            auc_b[r, s] = _weighted_auroc(y, b[r, s], full)[0]
+            per_run[r, s] = auc_a[r, s] - auc_b[r, s]
+            d_boot[r, s] = _weighted_auroc(y, a[r, s], w) - _weighted_auroc(y, b[r, s], w)
+    r_idx = rng.integers(0, n_rep, size=(n_boot, n_rep))
+    s_idx = rng.integers(0, n_seed, size=(n_boot, n_rep, n_seed))
+    cols = np.arange(n_boot)[:, None, None]
+    d = d_boot[r_idx[:, :, None], s_idx, cols].mean(axis=(1, 2))
+    d = np.round(d, 12)  # exact zeros for identical arms despite float summation order
+    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+    p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
+    p = float(min(1.0, max(p, 1.0 / n_boot)))
+    return {
+        "diff": float(per_run.mean()), "lo": float(lo), "hi": float(hi), "p": p,
+        "a": float(auc_a.mean()), "b": float(auc_b.mean()),
+        "per_run": per_run.tolist(), "n_boot": int(n_boot), "n_degenerate": int(n_deg),
+        "n_repeats": int(n_rep), "n_seeds": int(n_seed), "n_clusters": int(k),
     }

@@ -404,7 +404,9 @@ class MultiscaleGAN(GANVariant):
             tiled: ``True`` assembles each level from fixed-size windows (at most ``tile_batch``
                 per call); ``False`` runs the patch generator on the whole padded level at once
                 (the whole-image reference: same network, same inputs, memory growing with size).
-            keep_all: keep every level (``False``: only the last, which is all ``generate`` needs).
+            keep_all: keep every level (``False``: only the last, which is all ``generate`` needs;
+                the levels are then refined one image at a time into the preallocated output, so the
+                working memory (padded coarser level, noise field) is one image's, not ``N``'s).
         Returns:
             ``[coarse, level 1, ..., level L]`` on the CPU, ``(N, C, *[coarse * 2**l] * d)``,
             unclamped (the coarse image is in [-1, 1]; finer levels about [-1, 1]).
@@ -412,11 +414,24 @@ class MultiscaleGAN(GANVariant):
         gc = self.Gc_ema if (ema and self.Gc_ema is not None) else self.Gc
         gp = self.Gp_ema if (ema and self.Gp_ema is not None) else self.Gp
         dev = next(gp.parameters()).device
-        n, d, m, pt = z.shape[0], self.spatial_dims, self.margin, self.patch
+        n, d = z.shape[0], self.spatial_dims
         gens = self._noise_generators(z)
         labels = self.class_labels(labels)
         lab = None if labels is None else labels.to(dev)
-        prev = gc(z.to(dev), lab).float().cpu()
+        coarse = gc(z.to(dev), lab).float().cpu()
+        if keep_all or n == 1:
+            return self._refine(coarse, gens, lab, gp, dev, tiled=tiled, keep_all=keep_all)
+        final = torch.empty((n, coarse.shape[1]) + (self.level_size(self.levels),) * d)
+        for i in range(n):  # one image at a time: an image is a function of its own z, label and noise
+            final[i] = self._refine(coarse[i: i + 1], gens[i: i + 1], None if lab is None else lab[i: i + 1], gp,
+                                    dev, tiled=tiled, keep_all=False)[-1][0]
+        return [final]
+
+    def _refine(self, prev: Tensor, gens: list[torch.Generator], lab: Tensor | None, gp: nn.Module, dev,
+                *, tiled: bool, keep_all: bool) -> list[Tensor]:
+        """Levels 1..L of :meth:`generate_levels` from the coarse images ``prev`` ``(n, C, *[coarse]*d)``
+        (CPU), one noise generator and label per image; ``[coarse, ..., level L]`` (or ``[level L]``)."""
+        n, d, m, pt = prev.shape[0], self.spatial_dims, self.margin, self.patch
         out_levels = [prev]
         for l in range(1, self.levels + 1):
             r = self.level_size(l)

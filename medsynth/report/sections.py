@@ -224,7 +224,9 @@ def headline(m: ReportModel) -> dict:
             a, c = d["attack"], d["control"]
             mia[key] = {"auroc": a["auroc"], "lo": a["lo"], "hi": a["hi"], "control_auroc": c["auroc"],
                         "control_lo": c["lo"], "control_hi": c["hi"],
-                        "excess_over_control": d.get("excess_over_control"), "signal": mia_signal(a, c)}
+                        "excess_over_control": d.get("excess_over_control"), "signal": mia_signal(a, c),
+                        "permutation": None if not d.get("permutation") else
+                        {k: d["permutation"][k] for k in ("null_95", "p_value", "n_permutations", "permuted")}}
     fd, floor = fid["fd"]["synthetic"]["mean"], fid["fd"]["floor"]["mean"]
     fidelity = {
         "fd": [fd, floor],
@@ -314,14 +316,19 @@ def summary(m: ReportModel) -> Section:
         doc.p(f"**Membership inference:** skipped by the evaluation: {mia['skipped']}.")
     else:
         parts = []
-        for key, lab in (("distance", "distance attack"), ("discriminator", "discriminator attack")):
+        for key, lab in (("distance", "distance attack (on the released synthetic set)"),
+                         ("discriminator", "discriminator attack (white-box, on the checkpoint's D: a reason not "
+                                           "to share D, not a property of the synthetic set)")):
             d = mia[key]
             if "skipped" in d:
                 parts.append(f"{lab}: skipped ({d['skipped']})")
                 continue
+            pm = d.get("permutation")
+            null = ("" if not pm else f", permutation null ({pm['n_permutations']} permutations over "
+                    f"{pm['permuted']}) {pm['null_95'][0]:.3f}–{pm['null_95'][1]:.3f}, one-sided p = {pm['p_value']:.3f}")
             parts.append(f"{lab} AUROC {_ci_text(d['auroc'], d['lo'], d['hi'])} against its control "
                          f"{_ci_text(d['control_auroc'], d['control_lo'], d['control_hi'])} "
-                         f"(difference {_sfmt(d['excess_over_control'])}) — "
+                         f"(difference {_sfmt(d['excess_over_control'])}){null} — "
                          + ("**signal above the control**" if d["signal"] else "no signal beyond the control"))
         doc.p(f"**Membership inference** ({fmt(mia['n_members'])} training vs {fmt(mia['n_nonmembers'])} held-out "
               f"real images, 95% bootstrap CIs): {'; '.join(parts)}. Rule: {mia['rule']}.")

@@ -17,6 +17,7 @@ actually trained on, however far the workers have read ahead, so ``--resume`` st
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -27,6 +28,8 @@ from medsynth.data.stream import StreamedImages
 from medsynth.errors import MedsynthError
 from medsynth.models.base import Batch
 from medsynth.train import distributed as ddp
+
+log = logging.getLogger(__name__)
 
 
 class BatchSampler:
@@ -123,11 +126,15 @@ class Batches:
 
 
 def loader_workers(setting: int | None, device: torch.device) -> int:
-    """``data.workers``: the setting, or by default 1 worker on the CPU (two cores shared with the
-    training threads: one reader keeps far ahead of a step) and 2 with CUDA."""
+    """``data.workers``: the setting, or by default 0 on the CPU (each batch read in the training
+    process: reading 64 rows of the cache costs ~1 ms, less than handing a batch over from a worker
+    process, which also competes with the training threads for the cores; measured on 2 cores,
+    DCGAN 64² batch 64: data wait 1.5 ms per step with 0 workers, 6.6 ms with 1,
+    ``pipelines/benches/streaming_memory.py --workers``) and 2 with CUDA (where the step does not
+    use the CPU cores the readers need)."""
     if setting is not None:
         return int(setting)
-    return 2 if torch.device(device).type == "cuda" else 1
+    return 2 if torch.device(device).type == "cuda" else 0
 
 
 class _RankIndices:
@@ -143,10 +150,14 @@ class _RankIndices:
 
 
 class _Rows(torch.utils.data.Dataset):
-    """The streamed images as a map-style dataset that fetches a whole batch at once."""
+    """The streamed images as a map-style dataset that fetches a whole batch at once.
 
-    def __init__(self, images: StreamedImages):
-        self.images = images
+    Each fetch is logged at DEBUG level (``stream: rank R of W read images [i, j, ...]``, the set's
+    indices, in the process that reads them): the record of which images a torchrun rank read
+    (``tests/test_multinode.py`` checks each reads only its slice of every global batch)."""
+
+    def __init__(self, images: StreamedImages, info: ddp.DistInfo = ddp.DistInfo()):
+        self.images, self.info = images, info
 
     def __len__(self) -> int:
         return len(self.images)
@@ -163,6 +174,8 @@ class _Rows(torch.utils.data.Dataset):
         with batches of 64 images at 64²: 300 -> 370 MiB over 400 batches; read into shared memory
         it stayed at 302 MiB, most of it pages shared with the training process it was forked from)."""
         ii = torch.as_tensor(idx, dtype=torch.int64)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stream: rank %d of %d read images %s", self.info.rank, self.info.world, ii.tolist())
         out = torch.empty((len(ii), *self.images.row_shape), dtype=torch.float32)
         if torch.utils.data.get_worker_info() is not None:
             out.share_memory_()
@@ -232,7 +245,8 @@ class StreamBatches(Batches):
         # its own generator: a DataLoader iterator draws its workers' base seed from the generator it
         # is given, else from torch's global one, which would shift the run's noise at every (re)start
         loader = torch.utils.data.DataLoader(
-            _Rows(self.images), batch_sampler=_RankIndices(self.sampler, self.info), num_workers=self.workers,
+            _Rows(self.images, self.info), batch_sampler=_RankIndices(self.sampler, self.info),
+            num_workers=self.workers,
             collate_fn=_as_fetched, pin_memory=pin, prefetch_factor=self.prefetch if self.workers else None,
             generator=torch.Generator(), worker_init_fn=_drop_inherited_locks if self.workers else None)
         return iter(loader)
@@ -255,6 +269,8 @@ class StreamBatches(Batches):
     def take(self, idx: Tensor) -> Batch:
         """The batch of images (and labels) at ``idx`` ``(B,)``, read now (e.g. DP's Poisson draws)."""
         t0 = time.perf_counter()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stream: rank %d of %d read images %s", self.info.rank, self.info.world, idx.tolist())
         x = self.images.read(idx)
         if self.device.type == "cuda":
             x = x.pin_memory()
@@ -270,5 +286,9 @@ class StreamBatches(Batches):
         return Batch(x, None if self.labels is None else self.labels[idx.to(self.labels.device)])
 
     def close(self) -> None:
-        """Stop the reader processes (a later :meth:`next` starts new ones at the sampler's state)."""
+        """Stop the reader processes (a later :meth:`next` starts new ones at the sampler's state);
+        log how many batches this rank was served and its data wait so far (info level, every rank)."""
+        if self.served:
+            log.info("stream: rank %d of %d served %d batches, %.2f s waiting for data", self.info.rank,
+                     self.info.world, self.served, self.wait_seconds)
         self._batches = None

@@ -29,7 +29,15 @@ module supplies the few collective pieces it needs:
   (minibatch standard deviation) see the per-rank batch, as in StyleGAN2's reference code.
 * **Data**: every rank draws the same global batch indices from the shared, seeded sampler and
   keeps its contiguous slice of ``global_batch / world_size`` (:func:`shard`), the
-  ``DistributedSampler`` arithmetic with exact resume for free.
+  ``DistributedSampler`` arithmetic with exact resume for free. Streamed from the disk cache
+  (``data.stream``), a rank's reader fetches only that slice of every global batch
+  (:class:`medsynth.train.batches.StreamBatches`; ``MEDSYNTH_VERBOSE=2`` logs each fetch).
+* **Several machines** (``torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``):
+  nothing here assumes a shared disk. Rank 0 alone creates and writes the run folder; each node
+  may load its own copy of the data and build its own stream cache, and the ranks compare the
+  content fingerprints of what they loaded (:func:`check_same`) before training. ``--resume``
+  reads the checkpoint on every rank, so it needs the run folder on every node.
+  ``tests/test_multinode.py`` runs two agents as two nodes on one machine with no shared folder.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from medsynth.errors import MedsynthError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +125,30 @@ def shard(idx: Tensor, info: DistInfo) -> Tensor:
         return idx
     n = idx.shape[0] // info.world
     return idx[info.rank * n: (info.rank + 1) * n]
+
+
+def check_same(value: str, info: DistInfo, *, path, what: str) -> None:
+    """Stop every rank together, with one line, unless all ranks hold the same ``value``.
+
+    For what each node computes from its own disk and must agree on: the content fingerprint of the
+    training images (each node may load its own copy of the data and build its own stream cache).
+
+    Args:
+        value: this rank's value (a short string, e.g. ``"sha256:..."``).
+        info: this process's place under torchrun (a no-op for one process).
+        path: what the error names (this rank's data source).
+        what: the value in words (``"training images"``).
+
+    Raises:
+        MedsynthError: on every rank, naming the first rank that disagrees with rank 0.
+    """
+    if not info.enabled:
+        return
+    values = gather_objects(value, info)
+    other = [r for r, v in enumerate(values) if v != values[0]]
+    if other:
+        raise MedsynthError(path, f"{what} differ between the torchrun processes: rank 0 has {values[0]}, rank "
+                                  f"{other[0]} {values[other[0]]} (every node must see the same data at the same path)")
 
 
 def _grouped(tensors: list[Tensor]) -> dict[tuple, list[Tensor]]:

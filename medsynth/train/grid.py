@@ -10,12 +10,33 @@ from PIL import Image
 from medsynth.atomic import atomic_path
 from medsynth.figures import make_grid
 from medsynth.train import distributed as ddp
+from medsynth.train.tensorboard import RunBoard
+
+
+#: most pixels (voxels) of the samples of one grid or end-of-run picture (64 images of 32³): a
+#: full-resolution run does not spend CPU-minutes sampling 64 images of 1024² per grid
+#: (the multi-scale model makes one in ~10 s on one core; 64 would eat a few-minute budget)
+GRID_PIXELS = 64 * 32**3
+
+
+def grid_count(n: int, image_shape) -> int:
+    """Images of a grid: at most ``n``, at most :data:`GRID_PIXELS` pixels in all, at least
+    ``min(n, 4)``; ``image_shape`` ``(C, *S)``. 64 up to 256² (2D) and 32³ (3D), 4 at 1024²."""
+    px = 1
+    for s in tuple(image_shape)[1:]:
+        px *= int(s)
+    return max(min(int(n), 4), min(int(n), GRID_PIXELS // px))
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save a grid PNG atomically."""
+    return _save_png(make_grid(images, nrow), path)
+
+
+def _save_png(grid, path: str | Path) -> Path:
+    """Save a :func:`~medsynth.figures.make_grid` array ``(H, W)`` uint8 as a grey PNG, atomically."""
     with atomic_path(path, ".png") as tmp:
-        Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
+        Image.fromarray(grid).save(tmp, format="PNG")
     return Path(path)
 
 
@@ -29,7 +50,8 @@ def fixed_samples(model, n: int, seed: int) -> torch.Tensor:
 
 
 class GridWriter:
-    """Writes ``run_dir/samples/step_NNNNNN.png``: the model's samples of fixed latents (rank 0).
+    """Writes ``run_dir/samples/step_NNNNNN.png``: the model's samples of fixed latents (rank 0),
+    and the same picture into the run's TensorBoard events (tag ``samples``), when it writes them.
 
     The latents come from a generator seeded with ``seed + 12345`` on the CPU, so every grid of a
     run shows the same latents. The global CPU RNG is restored afterwards: grids never shift
@@ -43,19 +65,23 @@ class GridWriter:
         seed: the run's seed.
         info: this process's place under torchrun.
         device: the training device.
+        board: the run's TensorBoard events (none: ``None``).
     """
 
-    def __init__(self, model, model_cfg, run_dir: Path, n: int, seed: int, info: ddp.DistInfo, device: torch.device):
-        self.model, self.model_cfg, self.run_dir, self.n, self.seed = model, model_cfg, Path(run_dir), int(n), int(seed)
-        self.info, self.device = info, device
+    def __init__(self, model, model_cfg, run_dir: Path, n: int, seed: int, info: ddp.DistInfo, device: torch.device,
+                 board: RunBoard | None = None):
+        self.model, self.model_cfg, self.run_dir, self.seed = model, model_cfg, Path(run_dir), int(seed)
+        self.n = grid_count(n, model.image_shape)
+        self.info, self.device, self.board = info, device, board or RunBoard()
         self._cpu_copy = None
 
     def write(self, step: int) -> None:
         """The grid of the model after ``step`` steps."""
         if not self.info.is_main:
             return
-        save_grid(fixed_samples(self._source(), self.n, self.seed), self.run_dir / "samples" / f"step_{step:06d}.png",
-                  nrow=8)
+        grid = make_grid(fixed_samples(self._source(), self.n, self.seed), 8)
+        _save_png(grid, self.run_dir / "samples" / f"step_{step:06d}.png")
+        self.board.image("samples", grid, step)
 
     def _source(self):
         if self.device.type == "cpu":
@@ -111,6 +137,7 @@ def write_final_picture(model, real: torch.Tensor, path: str | Path, *, n: int, 
         seed: the run's seed (the latents are the grids' ``seed + 12345``; the real draw uses ``seed``).
         step: the step the samples are from (caption).
     """
+    n = grid_count(n, model.image_shape)
     x = fixed_samples(model, n, seed).detach().cpu()
     idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(int(seed)))[:n]
     pic = side_by_side(x, real[idx.sort().values].cpu(), title_synthetic=f"synthetic (step {step})",

@@ -9,6 +9,8 @@ summed over all processes, ``model.on_step_end(info)`` runs, and rank 0's buffer
 Every ``tick_every`` steps a stats line (:mod:`medsynth.train.stats`), every ``sample_every`` a
 grid of fixed latents (:class:`~medsynth.train.grid.GridWriter`), every ``checkpoint_every`` an
 atomic checkpoint of everything exact resume needs (:class:`~medsynth.train.checkpointer.Checkpointer`).
+Stats lines and grids also go to the run's TensorBoard events when ``train.tensorboard`` says so
+(:mod:`medsynth.train.tensorboard`, ``RUN/tensorboard/``).
 
 The global batch is the batch the shared sampler actually draws: ``train.batch_size`` clamped to
 the number of training images, summed over all torchrun processes. ``kimg`` in the stats lines is
@@ -48,25 +50,29 @@ from medsynth.train.clock import RunClock
 from medsynth.train.grid import GridWriter
 from medsynth.train.speed import Speed, resolve_device, resolve_speed
 from medsynth.train.stats import TickWriter, truncate_stats
+from medsynth.train.tensorboard import open_run_board, summary_writer_class
 from medsynth.train.update import LossGuard, PhaseUpdater
 
 log = logging.getLogger(__name__)
 
 #: The settings ``train --resume`` may change: how far and how long to go on, how often to write
 #: stats, grids and checkpoints, CPU threads, and how the images are held (streamed or in memory,
-#: where the stream cache lies, reader processes: both ways give the same batches bit for bit).
+#: where the stream cache lies, reader processes: both ways give the same batches bit for bit), and
+#: whether TensorBoard files are written.
 #: Everything else (model, data, batch, seed, speed, DP) stays the run's, so the resumed run is the
 #: one the checkpoint continues exactly.
 RESUME_CHANGEABLE: tuple[str, ...] = ("train.steps", "train.minutes", "train.checkpoint_every",
                                       "train.sample_every", "train.tick_every", "train.threads",
-                                      "data.stream", "data.cache_dir", "data.memory_budget_mb", "data.workers")
+                                      "data.stream", "data.cache_dir", "data.memory_budget_mb", "data.workers",
+                                      "train.tensorboard")
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
     """What a resolved and validated (:func:`~medsynth.config.validate`) config must also satisfy
     before any data is loaded: the variant builds with these settings (its ``model.params`` and
     size; built on the ``meta`` device: no memory, no compute), a named CT window exists, the
-    device exists, and a differentially private request suits the variant.
+    device exists, a differentially private request suits the variant, and ``train.tensorboard:
+    on`` finds the tensorboard package.
 
     Returns:
         ``cfg``, with the variant's DP-compatible ``model.params`` when DP is requested (what
@@ -84,6 +90,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise MedsynthError("data.ct_window", f"unknown CT window {window!r}; known: {', '.join(CT_WINDOWS)} "
                                               "or [centre, width] in HU")
     resolve_device(str(cfg.train.device), 0)
+    summary_writer_class(cfg.train.tensorboard)
     with torch.device("meta"):
         build_model(cfg.model)
     return cfg
@@ -201,7 +208,8 @@ def train(
             became non-finite (one line each).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ddp.init_from_env().is_main:  # rank 0 alone writes the run (other nodes may not share its disk)
+        run_dir.mkdir(parents=True, exist_ok=True)
     with hold_run(run_dir):
         return _train(cfg, images, labels, run_dir, resume=resume, changes=changes or {}, progress=progress,
                       grid_size=grid_size, on_tick=on_tick)
@@ -232,31 +240,34 @@ def _train(cfg: RunConfig, images: Tensor | StreamedImages, labels: Tensor | Non
     step = start_step = _open_run(run_dir, cfg, ckpt, clock, info, resume, changes)
     guard = LossGuard(run_dir, ckpt, info, dev)
     updater = PhaseUpdater(model, phases, opts, speed, scaler, data, privacy, guard, info)
-    ticks = TickWriter(run_dir, tick_every=tc.tick_every, steps=tc.steps, batch_size=data.batch_size, info=info,
-                       device=dev, extra=privacy.stats, on_tick=on_tick, progress=progress, start_step=step)
-    grids = GridWriter(model, cfg.model, run_dir, grid_size, tc.seed, info, dev)
-    if step == 0:
-        grids.write(0)
-    while step < tc.steps and not clock.out_of_time(info, dev):
-        step_info = StepInfo(step, data.batch_size, info.world)
-        for ph in phases:
-            if step % ph.every == 0:
-                updater.run_phase(ph, step_info)
-        updater.end_step()
-        _end_step(model, step_info, info)
-        step += 1
-        if ticks.step_done(step):
-            guard.verify(step)
-            ticks.write(step, updater.tally, clock.seconds(), clock.cpu_seconds())
-        if step % tc.sample_every == 0:
+    with open_run_board(run_dir, tc.tensorboard, info, start_step=step,
+                        show_config=not resume or bool(changes)) as board:
+        ticks = TickWriter(run_dir, tick_every=tc.tick_every, steps=tc.steps, batch_size=data.batch_size,
+                           info=info, device=dev, extra=privacy.stats, on_tick=on_tick, progress=progress,
+                           start_step=step, board=board)
+        grids = GridWriter(model, cfg.model, run_dir, grid_size, tc.seed, info, dev, board)
+        if step == 0:
+            grids.write(0)
+        while step < tc.steps and not clock.out_of_time(info, dev):
+            step_info = StepInfo(step, data.batch_size, info.world)
+            for ph in phases:
+                if step % ph.every == 0:
+                    updater.run_phase(ph, step_info)
+            updater.end_step()
+            _end_step(model, step_info, info)
+            step += 1
+            if ticks.step_done(step):
+                guard.verify(step)
+                ticks.write(step, updater.tally, clock.seconds(), clock.cpu_seconds())
+            if step % tc.sample_every == 0:
+                grids.write(step)
+            if step % tc.checkpoint_every == 0:
+                guard.checkpoint(step)
+        ticks.close()
+        data.close()
+        if step % tc.sample_every:
             grids.write(step)
-        if step % tc.checkpoint_every == 0:
-            guard.checkpoint(step)
-    ticks.close()
-    data.close()
-    if step % tc.sample_every:
-        grids.write(step)
-    guard.checkpoint(step)
+        guard.checkpoint(step)
     ddp.barrier(info)
     rate = (step - start_step) * data.batch_size / max(clock.elapsed(), 1e-9)
     return TrainResult(run_dir, step, clock.seconds(), rate, model)
@@ -340,8 +351,8 @@ def _open_run(run_dir: Path, cfg: RunConfig, ckpt: Checkpointer, clock: RunClock
     resume and its ``changes``) or start a new run directory (with its ``config.yaml``); start the
     clock. Returns the step training starts at."""
     if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
         clock.start()
         return 0

@@ -2,7 +2,8 @@
 
 One JSON object per tick (``train.tick_every`` steps): ``step``, ``kimg``, ``seconds``,
 ``cpu_seconds``, ``img_per_s``, the means of every stat the phases returned since the last tick
-(``loss/D``, ``D(real)``, ...) and the privacy hooks' entries (``dp/epsilon``).
+(``loss/D``, ``D(real)``, ...) and the privacy hooks' entries (``dp/epsilon``). Each line's numbers
+also go to the run's TensorBoard events (:mod:`medsynth.train.tensorboard`), when it writes them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from medsynth.progress import Progress
 from medsynth.train import distributed as ddp
+from medsynth.train.tensorboard import RunBoard
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,16 @@ class TickWriter:
         progress: report progress (rank 0 only), starting at ``start_step``: a bar on a terminal,
             plain ``n/N steps, elapsed, left`` log lines otherwise (:mod:`medsynth.progress`).
         start_step: the step training starts (or resumes) at.
+        board: the run's TensorBoard events: every line's numbers as scalars at its step (rank 0).
     """
 
     def __init__(self, run_dir: Path, *, tick_every: int, steps: int, batch_size: int, info: ddp.DistInfo,
                  device: torch.device, extra: Callable[[], dict], on_tick: Callable[[dict], None] | None,
-                 progress: bool, start_step: int):
+                 progress: bool, start_step: int, board: RunBoard | None = None):
         self.path = Path(run_dir) / STATS_FILE
         self.tick_every, self.steps, self.batch_size = int(tick_every), int(steps), int(batch_size)
         self.info, self.device, self.extra, self.on_tick = info, device, extra, on_tick
+        self.board = board or RunBoard()
         self.bar = None
         if progress and info.is_main:
             self.bar = Progress("train", self.steps, "steps", initial=start_step)
@@ -110,6 +114,7 @@ class TickWriter:
         if self.info.is_main:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            self.board.scalars(line)
             if self.bar is not None:
                 self.bar.set_postfix(", ".join(f"{k}={v:.3f}" for k, v in line.items() if k.startswith("loss/")))
             if self.on_tick is not None:

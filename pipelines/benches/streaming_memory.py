@@ -146,7 +146,8 @@ def child_build(man: Path, cache: Path) -> dict:
             "cache_bytes": rows.path.stat().st_size, **_rusage()}
 
 
-def child_train(man: Path, cache: Path, mode: str, steps: int, warmup: int, threads: int, tick: int) -> dict:
+def child_train(man: Path, cache: Path, mode: str, steps: int, warmup: int, threads: int, tick: int,
+                workers: int | None = None) -> dict:
     """Train the xray_dcgan preset on ``man`` (streamed or in memory) and time it."""
     import torch
 
@@ -173,7 +174,7 @@ def child_train(man: Path, cache: Path, mode: str, steps: int, warmup: int, thre
     ds, decision = load_training_data(man, modality="xray", size=64, split="train", stream=mode, cache_dir=cache)
     load_s = time.perf_counter() - t0
     cfg = resolve(preset="xray_dcgan", base={
-        "data": {"stream": mode},
+        "data": {"stream": mode, "workers": workers},
         "train": {"steps": warmup + steps, "tick_every": tick, "sample_every": 10**6, "checkpoint_every": 10**6,
                   "threads": threads, "seed": 0}})
     marks: list[tuple[int, float, float]] = []
@@ -185,7 +186,7 @@ def child_train(man: Path, cache: Path, mode: str, steps: int, warmup: int, thre
         train(cfg, ds.images, ds.labels, Path(tmp) / "run", on_tick=on_tick)
     (s0, t_a, w_a), (s1, t_b, w_b) = next(m for m in marks if m[0] >= warmup), marks[-1]
     wall = t_b - t_a
-    return {"mode": mode, "decision": decision.record(), "load_seconds": round(load_s, 2), "timed_steps": s1 - s0,
+    return {"mode": mode, "workers": workers, "decision": decision.record(), "load_seconds": round(load_s, 2), "timed_steps": s1 - s0,
             "img_per_s": round((s1 - s0) * cfg.train.batch_size / wall, 1), "step_ms": round(1000 * wall / (s1 - s0), 1),
             "data_wait_fraction": round((w_b - w_a) / wall, 4), "data_wait_ms_per_step": round(1000 * (w_b - w_a) / (s1 - s0), 2),
             **_rusage()}
@@ -270,7 +271,22 @@ def run_child(args: list[str], nice: int) -> dict:
     tree's peak summed PSS."""
     cmd = (["nice", "-n", str(nice)] if nice else []) + [sys.executable, "-m", "pipelines.benches.streaming_memory",
                                                          *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, out, err, peak_kib = communicate_with_peak_pss(cmd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{err[-3000:]}")
+    return {**json.loads(out.strip().splitlines()[-1]), "tree_peak_pss_mib": round(peak_kib / 1024, 1)}
+
+
+def communicate_with_peak_pss(cmd: list[str], *, timeout: float | None = None, **popen_kw):
+    """Run ``cmd`` to the end, sampling its process tree's summed PSS every 0.1 s.
+
+    Returns:
+        ``(proc, stdout, stderr, peak_pss_kib)``.
+
+    Raises:
+        subprocess.TimeoutExpired: after ``timeout`` seconds (the process is killed first).
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)
     peak = [0]
 
     def sample():
@@ -280,11 +296,15 @@ def run_child(args: list[str], nice: int) -> dict:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    out, err = proc.communicate()
-    th.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{err[-3000:]}")
-    return {**json.loads(out.strip().splitlines()[-1]), "tree_peak_pss_mib": round(peak[0] / 1024, 1)}
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    finally:
+        th.join()
+    return proc, out, err, peak[0]
 
 
 def _machine() -> dict:
@@ -313,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     ap.add_argument("--tick", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="data.workers (default: the product's default)")
     ap.add_argument("--nice", type=int, default=19)
     ap.add_argument("--rebuild", action="store_true", help="delete each size's stream cache first")
     ap.add_argument("--out", type=Path, default=Path("reports/streaming_memory_cpu.json"))
@@ -322,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_build(a.manifest, cache)))
         return 0
     if a.child == "train":
-        print(json.dumps(child_train(a.manifest, cache, a.mode, a.steps, a.warmup, a.threads, a.tick)))
+        print(json.dumps(child_train(a.manifest, cache, a.mode, a.steps, a.warmup, a.threads, a.tick, a.workers)))
         return 0
     if a.child == "compare":
         print(json.dumps(child_compare(a.manifest, cache, batches=50)))
@@ -334,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     n_max = max(a.sizes + a.memory_sizes + [a.compare])
     data = ensure_data(a.data_dir, n_max, a.pool)
     common = ["--data-dir", str(a.data_dir), "--steps", str(a.steps), "--warmup", str(a.warmup), "--tick", str(a.tick),
-              "--threads", str(a.threads)]
+              "--threads", str(a.threads), *([] if a.workers is None else ["--workers", str(a.workers)])]
     sizes = []
     for n in a.sizes:
         man = manifest(a.data_dir, n, data["labels"])
@@ -372,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(), "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "contention": "machine shared with other jobs; every subprocess under nice -n %d" % a.nice,
-        "settings": {"preset": "xray_dcgan", "size": 64, "source_px": IMAGE, "batch": 64, "threads": a.threads,
+        "settings": {"preset": "xray_dcgan", "size": 64, "source_px": IMAGE, "batch": 64, "threads": a.threads, "workers": a.workers,
                      "warmup_steps": a.warmup, "timed_steps": a.steps, "data": data | {"labels": len(data["labels"])}},
         "sizes": sizes,
         "summary": {"stream_peak_rss_mib": dict(zip(map(str, a.sizes), rss)),
