@@ -262,6 +262,10 @@ def test_evaluate_sets_copying_generator_flagged_and_written(tmp_path):
     assert fid["fd"]["synthetic"]["mean"] <= fid["fd"]["floor"]["mean"] * 1.5
     assert set(figs) == {"fig_samples.png", "fig_closest_pairs.png", "fig_dcr_nndr.png", "fig_intensity.png"}
     assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in figs.values())
+    # the floor split by patient, and the held-out (not fitted on) floor beside it at equal n
+    assert fid["protocol"].endswith("by patient (no patient in both halves)")
+    assert fid["fd_heldout"]["n"] == 24 and fid["fd_heldout"]["heldout"]["mean"] > 0
+    assert mia["distance"]["permutation"]["p_value"] < 0.05  # a copying generator: the attack beats its null
     write_evaluation(ev, figs, tmp_path / "evaluate")
     back = read_evaluation(tmp_path)
     assert (back["kind"], back["schema_version"]) == ("evaluation", SCHEMA_VERSION)
@@ -397,3 +401,23 @@ def test_membership_permutation_null_is_calibrated_and_detects_a_shift():
     rng = np.random.default_rng(1)
     shifted = permutation_null(rng.normal(1.0, 1, 60), rng.normal(0, 1, 40), n_perm=300)
     assert shifted["p_value"] == pytest.approx(1 / 301) and shifted["auroc"] > shifted["null_95"][1]
+
+
+def test_floor_halves_split_by_patient():
+    """With patient ids the floor's real halves share no patient, keep their sizes (h rows in A,
+    m in B) in every repeat, and the by-image protocol is unchanged without them."""
+    from medsynth.metrics.evaluate import floor_sizes, split_indices
+
+    groups = np.repeat(np.arange(40), np.r_[np.full(20, 1), np.full(10, 2), np.full(10, 4)])  # 80 rows, 40 patients
+    h, m = floor_sizes(len(groups), 500, groups)
+    assert (h, m) == (40, 37)  # B loses at most one patient's rows but one (the largest has 4)
+    for a, b, si in split_indices(len(groups), 500, 20, np.random.default_rng(0), groups):
+        assert len(a) == h and len(b) == m and len(si) == m
+        assert not set(groups[a]) & set(groups[b])
+    plain = list(split_indices(80, 500, 3, np.random.default_rng(0)))
+    rng = np.random.default_rng(0)
+    for a, b, si in plain:
+        perm = rng.permutation(80)
+        np.testing.assert_array_equal(a, perm[:40])
+        np.testing.assert_array_equal(b, perm[40:80])
+        rng.permutation(500)

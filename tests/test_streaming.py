@@ -164,6 +164,28 @@ def test_streamed_training_resumes_exactly_and_matches_memory(tmp_path):
     _same_weights(tmp_path / "full", tmp_path / "switch")
 
 
+def test_streamed_3d_training_resumes_exactly_and_matches_memory(tmp_path):
+    """The 3D counterpart: CT volumes streamed, a run stopped at step 3 and resumed to 6 ends with the
+    weights and sampler state of the uninterrupted streamed run and of the in-memory run."""
+    data = _ct_npz(tmp_path / "ct.npz")
+    kw = dict(modality="ct", size=8, spatial_dims=3, split=None, ct_window="lung")
+    mem = load_image_set(data, **kw)
+    ds = _streamed(data, tmp_path / "cache", **kw)
+
+    def cfg(steps, **d):
+        return resolve(base={"model": {"name": "dcgan", "width": 4, "latent_dim": 8, "num_classes": 2},
+                             "data": {"size": 8, "spatial_dims": 3, "modality": "ct", **d},
+                             "train": {"steps": steps, "batch_size": 4, "tick_every": 2, "sample_every": 100,
+                                       "checkpoint_every": 3}})
+
+    train(cfg(6, workers=1), ds.images, ds.labels, tmp_path / "full")  # 12 volumes, batch 4: crosses epochs
+    train(cfg(3, workers=0), ds.images, ds.labels, tmp_path / "half")
+    train(cfg(6, workers=0), ds.images, ds.labels, tmp_path / "half", resume=True)
+    _same_weights(tmp_path / "full", tmp_path / "half")
+    train(cfg(6), mem.images, mem.labels, tmp_path / "memory")
+    _same_weights(tmp_path / "full", tmp_path / "memory")
+
+
 def _env(cache: Path) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MEDSYNTH_VERBOSE": "0",
             "MEDSYNTH_CACHE_DIR": str(cache)}

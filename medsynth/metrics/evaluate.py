@@ -19,7 +19,9 @@ images are split at random into halves A and B (size h each); the synthetic set 
 to m = min(h, M) images; the metric of *synthetic (m) vs real A* is set against the same
 metric of *real B (m) vs real A*, each as mean ± sd over ``repeats`` random splits. Diversity
 (mean pairwise MS-SSIM) is a property of one set: synthetic against real, and real half A
-against real half B.
+against real half B. With patient ids (``train_groups``) the halves split by patient
+(:func:`split_indices`); with held-out real images, ``fd_heldout`` sets their Fréchet distance to
+A against B's at the same n: the encoder's bias toward the images it was fitted on.
 
 Second judge: a classifier two-sample test (:mod:`medsynth.metrics.two_sample`, ``fidelity.two_sample``):
 a small CNN trained to tell the synthetic from the real training images, its cross-fitted AUROC
@@ -115,19 +117,50 @@ def prdc_k(m: int) -> int:
     return 5 if m > 10 else max(1, m - 2)
 
 
-def split_indices(n_real: int, n_synth: int, repeats: int, rng: np.random.Generator):
-    """The floor protocol's random splits: per repeat ``(a, b, si)`` with ``a`` real half A (``h =
-    n_real // 2`` rows), ``b`` the first ``m = min(h, n_synth)`` rows of real half B, ``si`` ``m``
-    synthetic rows. A metric compares synthetic ``si`` with ``a[:m]`` against real ``b`` with ``a[:m]``.
+def floor_sizes(n_real: int, n_synth: int, groups=None) -> tuple[int, int]:
+    """``(h, m)`` of the floor protocol (:func:`split_indices`): real half A has ``h = n_real // 2``
+    rows; ``m`` rows of real half B and of the synthetic set are compared with A. With patient
+    ``groups`` the patient cut across A's end gives B none of its rows, so B may be short by up to
+    one patient's rows less one: ``m`` is capped by ``n_real - h - (largest patient - 1)``."""
+    h = n_real // 2
+    m = min(h, n_synth)
+    if groups is not None and len(groups):
+        largest = int(np.unique(np.asarray(groups), return_counts=True)[1].max())
+        m = min(m, n_real - h - (largest - 1))
+    return h, max(int(m), 1)
+
+
+def split_indices(n_real: int, n_synth: int, repeats: int, rng: np.random.Generator, groups=None):
+    """The floor protocol's random splits: per repeat ``(a, b, si)`` with ``a`` real half A (``h``
+    rows), ``b`` ``m`` rows of real half B, ``si`` ``m`` synthetic rows (:func:`floor_sizes`). A
+    metric compares synthetic ``si`` with ``a[:m]`` against real ``b`` with ``a[:m]``.
+
+    With ``groups`` (``(n_real,)`` patient ids) the halves split by **patient**: patients are put
+    in random order, A takes the first ``h`` of their rows, and B only rows of patients with no
+    row in A, so two crops of one patient never make the floor look better than two patients do
+    (60 % of LIDC crops share a patient with another crop).
 
     Yields:
         ``(a, b, si)`` index arrays, ``max(1, repeats)`` times.
     """
-    h = n_real // 2
-    m = min(h, n_synth)
+    h, m = floor_sizes(n_real, n_synth, groups)
+    g = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    if g is not None and len(g) != n_real:
+        raise MedsynthError("groups", f"{len(g)} patient ids for {n_real} real images")
     for _ in range(max(1, repeats)):
-        perm = rng.permutation(n_real)
-        yield perm[:h], perm[h: h + m], rng.permutation(n_synth)[:m]
+        if g is None:
+            perm = rng.permutation(n_real)
+            yield perm[:h], perm[h: h + m], rng.permutation(n_synth)[:m]
+            continue
+        order = rng.permutation(int(g.max()) + 1)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        rows = np.lexsort((rng.random(n_real), rank[g]))  # patients in random order, rows shuffled within
+        a = rows[:h]
+        in_a = np.zeros(int(g.max()) + 1, bool)
+        in_a[g[a]] = True
+        rest = rows[h:][~in_a[g[rows[h:]]]]
+        yield rng.permutation(a), rng.permutation(rest)[:m], rng.permutation(n_synth)[:m]
 
 
 def per_class_fidelity(fr: np.ndarray, yr: np.ndarray, fs: np.ndarray, ys: np.ndarray, *, seed: int = 0,
@@ -355,11 +388,14 @@ def evaluate_sets(
         fs = extract_features(encoder, sy)
         prog.update(1)
         prog.set_postfix("fidelity")
-        h = len(tr) // 2
-        m = min(h, len(sy))
+        groups = None if train_groups is None else np.asarray(train_groups).ravel()
+        h, m = floor_sizes(len(tr), len(sy), groups)
         k = prdc_k(m)
-        rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r")}
-        for rep, (a, b, si) in enumerate(split_indices(len(tr), len(sy), repeats, rng)):
+        rows: dict[str, list] = {key: [] for key in ("fd_s", "fd_r", "kid_s", "kid_r", "prdc_s", "prdc_r", "int_s", "int_r",
+                                                     "fd_h", "fd_rh")}
+        fh = None if ho is None or len(ho) < 8 else extract_features(encoder, ho)
+        mh = 0 if fh is None else min(m, len(fh))
+        for rep, (a, b, si) in enumerate(split_indices(len(tr), len(sy), repeats, rng, groups)):
             rows["fd_s"].append(frechet_distance(fs[si], fr[a[:m]]))
             rows["fd_r"].append(frechet_distance(fr[b], fr[a[:m]]))
             rows["kid_s"].append(kernel_inception_distance(fs[si], fr[a], subset_size=m, n_subsets=kid_subsets,
@@ -371,6 +407,9 @@ def evaluate_sets(
             ta = tr[torch.as_tensor(a)]
             rows["int_s"].append(intensity_distance(sy[torch.as_tensor(si)], ta, modality=modality, ct_window=ct_window))
             rows["int_r"].append(intensity_distance(tr[torch.as_tensor(b)], ta, modality=modality, ct_window=ct_window))
+            if fh is not None:  # held-out real images (not trained on by the encoder) vs A, at equal n
+                rows["fd_h"].append(frechet_distance(fh[rng.permutation(len(fh))[:mh]], fr[a[:mh]]))
+                rows["fd_rh"].append(frechet_distance(fr[b[:mh]], fr[a[:mh]]))
         prdc_keys = ("precision", "recall", "density", "coverage")
         int_keys = [key for key in rows["int_s"][0] if key != "mask_fraction_b"]
         prog.update(1)
@@ -385,7 +424,14 @@ def evaluate_sets(
         }
         fid = {
             "protocol": (f"synthetic (m={m}) vs real half A (h={h}) against real half B (m={m}) vs real half A; "
-                         f"mean ± sd over {max(1, repeats)} random splits"),
+                         f"mean ± sd over {max(1, repeats)} random splits"
+                         + (" by patient (no patient in both halves)" if groups is not None else " by image")),
+            "fd_heldout": ({"skipped": "fewer than 8 held-out real images"} if fh is None else {
+                "heldout": _mean_sd(rows["fd_h"]), "floor_same_n": _mean_sd(rows["fd_rh"]), "n": int(mh),
+                "reading": ("held-out real images (never seen by the encoder) vs real half A, against real half B "
+                            "(training images the encoder was fitted on) vs A at the same n: a held-out figure "
+                            "above the floor is the encoder's bias toward its own training images, a floor any "
+                            "synthetic set is held to as well")}),
             "n_real_train": len(tr), "n_synthetic": len(sy), "m": int(m), "h": int(h),
             "repeats": int(max(1, repeats)),
             "fd": {"synthetic": _mean_sd(rows["fd_s"]), "floor": _mean_sd(rows["fd_r"])},
@@ -563,7 +609,12 @@ def evaluation_tables(ev: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows.append(["mean pairwise MS-SSIM (diversity)", f"{_f(dv['synthetic']['mean'])} (synthetic)",
                  (f"{_f(dv['real_half_a']['mean'])} / {_f(dv['real_half_b']['mean'])} (real halves A / B); "
                  f"{_f(dv['real']['mean'])} all real"), "≈ real; higher = mode collapse"])
-    out.append(("Fidelity (synthetic vs real, with the real-vs-real floor)",
+    fh = fid.get("fd_heldout")
+    if fh and "heldout" in fh:
+        rows.insert(1, [f"encoder bias: FD of held-out real images (n={fh['n']}, not trained on)",
+                        f"{_ms(fh['heldout'])} (held-out vs A)", f"{_ms(fh['floor_same_n'])} (B vs A, same n)",
+                        "≈ floor = no bias"])
+    out.append((f"Fidelity (synthetic vs real, with the real-vs-real floor; {fid.get('protocol', '')})",
                 ["metric", "synthetic vs real A (mean ± sd)", "real B vs real A (floor)", "better"], rows))
     ts = fid.get("two_sample")
     if ts is not None:  # evaluations written before the test have none
