@@ -366,3 +366,46 @@ def kill_at_first_checkpoint(cmd: list, run_dir: Path, env: dict, timeout: float
         proc.wait(timeout=60)
         proc.stderr.close()
     return proc.returncode
+
+
+def tiny_gated_run(root: Path) -> dict:
+    """A 2-step DCGAN run at 16² on the embedded lung-spot phantoms under ``root/runs`` (through the
+    CLI), and a cheap gate encoder for it saved as ``root/enc.pt`` (20 steps, 32², seed 0).
+
+    Returns:
+        ``{"run", "enc", "train" (the run's training images), "root"}``.
+    """
+    from typer.testing import CliRunner
+
+    from medsynth.cli import app, default_data
+    from medsynth.metrics.fidelity import save_encoder, train_feature_encoder
+    from medsynth.metrics.gate import load_run_training_set
+    from medsynth.runs import load_trained
+
+    torch.set_num_threads(1)
+    r = CliRunner().invoke(app, [str(a) for a in (
+        "train", "--modality", "xray", "--data", default_data(), "--size", "16", "--steps", "2",
+        "--set", "model.width=4", "--set", "model.latent_dim=8", "--out", root / "runs", "--no-progress",
+        "--no-quick-check")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    run = next((root / "runs").glob("*-xray-dcgan"))
+    train_set, _ = load_run_training_set(run, load_trained(run)[0])
+    enc = save_encoder(train_feature_encoder(train_set.images, seed=0, steps=20, in_size=32), root / "enc.pt")
+    return {"run": run, "enc": enc, "train": train_set.images, "root": root}
+
+
+def tiny_train_cfg(name: str = "dcgan", steps: int = 6, **train_kw):
+    """A resolved config for a tiny conditional run at 16² (width 4, batch 8, stats every 2 steps,
+    grids and checkpoints every 3); ``train_kw`` overrides ``train.*``."""
+    from medsynth.config import resolve
+
+    return resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": 2},
+                         "data": {"size": 16},
+                         "train": {"steps": steps, "batch_size": 8, "tick_every": 2, "sample_every": 3,
+                                   "checkpoint_every": 3, **train_kw}})
+
+
+def tiny_train_data(n: int = 40):
+    """``n`` seeded random images ``(n, 1, 16, 16)`` in [-1, 1] and labels in {0, 1}."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 2, (n,), generator=g)

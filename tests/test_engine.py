@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_train_cfg, tiny_train_data
 from medsynth import losses
 from medsynth.config import load_config, resolve
 from medsynth.errors import MedsynthError
@@ -16,16 +17,7 @@ from medsynth.runs import load_checkpoint, load_trained
 from medsynth.train.loop import new_run_dir, train
 
 
-def _cfg(name="dcgan", steps=6, **train_kw):
-    return resolve(base={"model": {"name": name, "width": 4, "latent_dim": 16, "num_classes": 2},
-                         "data": {"size": 16},
-                         "train": {"steps": steps, "batch_size": 8, "tick_every": 2, "sample_every": 3,
-                                   "checkpoint_every": 3, **train_kw}})
-
-
-def _data(n=40):
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 2, (n,), generator=g)
+_cfg, _data = tiny_train_cfg, tiny_train_data  # the tiny run every test here trains (conftest)
 
 
 @pytest.mark.parametrize("name", ["dcgan", "wgan_gp"])

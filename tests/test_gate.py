@@ -223,22 +223,9 @@ def _invoke(*args):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 2-step DCGAN run on the lung-spot phantoms at 16², and a cheap gate encoder file for it."""
-    from medsynth.cli import default_data
-    from medsynth.metrics.fidelity import save_encoder
-    from medsynth.metrics.gate import load_run_training_set
-    from medsynth.runs import load_trained
+    from conftest import tiny_gated_run
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("gate_cli")
-    r = _invoke("train", "--modality", "xray", "--data", default_data(), "--size", "16", "--steps", "2",
-                "--set", "model.width=4", "--set", "model.latent_dim=8", "--out", root / "runs", "--no-progress",
-                "--no-quick-check")
-    assert r.exit_code == 0, r.output
-    run = next((root / "runs").glob("*-xray-dcgan"))
-    cfg, _, _ = load_trained(run)
-    train_set, _ = load_run_training_set(run, cfg)
-    enc = save_encoder(_encoder(train_set.images, steps=20), root / "enc.pt")
-    return {"run": run, "enc": enc, "train": train_set.images, "root": root}
+    return tiny_gated_run(tmp_path_factory.mktemp("gate_cli"))
 
 
 @pytest.fixture

@@ -97,21 +97,9 @@ def test_chunked_prdc_equals_one_distance_matrix(chunk):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 2-step DCGAN run at 16² on the phantom radiographs, and a cheap gate encoder for it."""
-    from medsynth.cli import default_data
-    from medsynth.metrics.fidelity import save_encoder, train_feature_encoder
-    from medsynth.metrics.gate import load_run_training_set
-    from medsynth.runs import load_trained
+    from conftest import tiny_gated_run
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("streaming_commands")
-    r = invoke("train", "--modality", "xray", "--data", default_data(), "--size", "16", "--steps", "2",
-               "--set", "model.width=4", "--set", "model.latent_dim=8", "--out", root / "runs", "--no-progress",
-               "--no-quick-check")
-    assert r.exit_code == 0, r.output
-    run = next((root / "runs").glob("*-xray-dcgan"))
-    train_set, _ = load_run_training_set(run, load_trained(run)[0])
-    enc = save_encoder(train_feature_encoder(train_set.images, steps=20), root / "enc.pt")
-    return {"run": run, "enc": enc, "root": root}
+    return tiny_gated_run(tmp_path_factory.mktemp("streaming_commands"))
 
 
 def _files(folder: Path) -> dict[str, bytes]:

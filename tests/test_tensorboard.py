@@ -22,24 +22,14 @@ from PIL import Image
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from conftest import train_tiny_cli_run  # noqa: E402
-from medsynth.config import resolve  # noqa: E402
+from conftest import tiny_train_cfg, tiny_train_data, train_tiny_cli_run  # noqa: E402
 from medsynth.errors import MedsynthError  # noqa: E402
 from medsynth.train import tensorboard as tb  # noqa: E402
 from medsynth.train.distributed import DistInfo  # noqa: E402
 from medsynth.train.loop import check_config, train  # noqa: E402
 
 
-def _cfg(steps=6, **train_kw):
-    return resolve(base={"model": {"name": "dcgan", "width": 4, "latent_dim": 16, "num_classes": 2},
-                         "data": {"size": 16},
-                         "train": {"steps": steps, "batch_size": 8, "tick_every": 2, "sample_every": 3,
-                                   "checkpoint_every": 3, **train_kw}})
-
-
-def _data(n=40):
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 2, (n,), generator=g)
+_cfg, _data = tiny_train_cfg, tiny_train_data  # the tiny run every test here trains (conftest)
 
 
 def _events(folder: Path) -> EventAccumulator:
