@@ -63,6 +63,7 @@ import torch
 import yaml
 
 from medsynth.atomic import atomic_path, write_text
+from medsynth.config import parse_override
 from medsynth.downstream.benchmark import pseudonyms, subsample_patients
 from medsynth.downstream.classifier import predict_proba, train_classifier
 from medsynth.errors import MedsynthError
@@ -166,18 +167,16 @@ def parse_arm(arm: str) -> tuple[str, float] | None:
 
 
 def _override(d: dict, text: str) -> None:
-    key, eq, value = text.partition("=")
-    if not eq or not key:
-        raise MedsynthError("--set", f"expected key=value, got {text!r}")
+    parts, value = parse_override(text)  # the run config's ``--set`` syntax
+    key = ".".join(parts)
     node = d
-    parts = key.split(".")
     for p in parts[:-1]:
         if not isinstance(node.get(p), dict):
             raise MedsynthError("--set", f"{key}: no such protocol setting")
         node = node[p]
     if parts[-1] not in node:
         raise MedsynthError("--set", f"{key}: no such protocol setting")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = value
 
 
 def load_protocol(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialProtocol:
