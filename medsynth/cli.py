@@ -756,7 +756,7 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
                    pairs: bool, seg: bool = False, release: _Release | None = None, resumable=None) -> None:
     """The body of ``generate``: sample (or translate) and write into the prepared folder ``out``.
 
-    Sampled images go chunk by chunk (:func:`_generate_chunks`); translations (--from) and pairs (--pairs)
+    Sampled images go chunk by chunk (:func:`medsynth.synthesis.write_synthetic_chunks`); translations (--from) and pairs (--pairs)
     in one piece: their memory is bounded by the input set (--from) or they are small studies (--pairs).
 
     ``release``: the release gate (:func:`_release_gate`) or why it does not run; ``None``: no gate, no record.
@@ -829,9 +829,15 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
         from dataclasses import replace
 
         info = replace(info, gate=release.note)
-    n_written, total, chunks = _generate_chunks(out, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt,
-                                        truncation=truncation, info=info, release=release if gated else None,
-                                        resumable=resumable, spacing=spacing)
+    from medsynth.synthesis import write_synthetic_chunks
+
+    done = int((resumable.progress if resumable is not None else {}).get("chunks_done", 0))
+    if done:
+        typer.echo(f"continuing: {done} of {resumable.progress['chunks']} chunks were written before; writing the rest",
+                   err=True)
+    n_written, total, chunks = write_synthetic_chunks(
+        out, cfg, model, count=count, class_=class_, seed=seed, fmt=fmt.value, truncation=truncation, info=info,
+        gate=release.gate if gated else None, resumable=resumable, spacing=spacing)
     if release is not None and not gated and release.note is not None:
         from medsynth.metrics.gate import not_run_record, write_gate_record
 
@@ -839,129 +845,6 @@ def _generate_into(out: Path, run_dir: Path, cfg, model, *, count: int, class_: 
     typer.echo(f"wrote {n_written} synthetic {fmt.value} images -> {out} (manifest.csv)")
     if total is not None:
         typer.echo(f"{_gate_result(release.gate, total, chunks)} -> {out / 'release_gate.json'}")
-
-
-#: chunk manifests of an unfinished generate (inside --out; joined into manifest.csv at the end)
-_PARTS = ".generate-parts"
-
-
-def _generate_chunks(out: Path, cfg, model, *, count: int, class_: int | None, seed: int, fmt: ImageFormat,
-                     truncation: float | None, info, release: _Release | None, resumable=None, spacing=None):
-    """Sample, gate and write ``count`` images chunk by chunk, then join the chunks' manifests.
-
-    Chunk ``k`` (images ``k * chunk ..``) draws its latents from a generator seeded with
-    :func:`medsynth.data.writers.chunk_seed` ``(seed, k)``; classes are ``--class`` or ``i % num_classes`` of
-    the image's index ``i`` in the set. After each chunk: its files, its manifest part
-    (``OUT/.generate-parts/chunk_KKKKK.csv``) and then the progress record (chunks done, the gate's counts
-    per chunk) are written; a continued generate starts at the first chunk not recorded. At the end
-    ``manifest.csv`` is joined from the parts (atomic) and ``release_gate.json`` totals every chunk.
-
-    Returns:
-        ``(images written, the gate's total tally or None, number of chunks)``.
-    """
-    from dataclasses import replace
-
-    import torch
-
-    from medsynth.data.writers import (
-        chunk_seed,
-        concat_manifests,
-        generate_chunk_size,
-        new_series_uids,
-        sample_in_batches,
-        synthetic_file_names,
-        write_csv,
-        write_synthetic_files,
-    )
-    from medsynth.progress import Progress
-
-    d = cfg.data
-    shape = (1,) + (int(d.size),) * int(d.spatial_dims)
-    chunk = generate_chunk_size(shape)
-    n_chunks = -(-count // chunk)
-    state = dict(resumable.progress) if resumable is not None else {}
-    done = int(state.get("chunks_done", 0))
-    uids = state.get("uids") or new_series_uids()
-    tallies = list(state.get("tallies", []))[:done]  # the gate's counts of the chunks done (a snapshot per save)
-    state["tallies"] = list(tallies)
-    gate_id = None
-    if release is not None:
-        rec = release.gate.record(_tally())
-        gate_id = {"thresholds": rec["thresholds"], "encoder": (rec.get("encoder") or {}).get("fingerprint")}
-        if done and state.get("gate") != gate_id:
-            raise MedsynthError("--continue", f"the release gate fitted now ({gate_id}) is not the one the interrupted "
-                                            f"generate used ({state.get('gate')}): the run's training data or gate "
-                                            "encoder changed; start afresh with --overwrite")
-    parts = out / _PARTS
-    if done:
-        typer.echo(f"continuing: {done} of {n_chunks} chunks ({min(done * chunk, count)} of {count} images) were "
-                   f"written before; writing the rest", err=True)
-    with Progress("generate", count, "images", initial=min(done * chunk, count)) as bar:
-        for k in range(done, n_chunks):
-            start, n = k * chunk, min(chunk, count - k * chunk)
-            g = torch.Generator().manual_seed(chunk_seed(seed, k))
-            idx = torch.arange(start, start + n)
-            labels = None
-            if model.num_classes > 0:
-                labels = torch.full((n,), class_, dtype=torch.long) if class_ is not None else idx % model.num_classes
-            sample = functools.partial(sample_in_batches, model, generator=g, truncation=truncation, progress=False)
-            info_k = info
-            if release is not None:
-                from medsynth.metrics.gate import gated_sample
-
-                images, tally = gated_sample(lambda m, lab: sample(m, labels=lab), n, release.gate, labels=labels)
-                line = release.gate.summary_line(tally)
-                if n_chunks > 1:
-                    line += f" (chunk {k + 1} of {n_chunks}; release_gate.json: all chunks)"
-                info_k = replace(info, gate=line)
-                tallies.append({"screened": tally.screened, "removed": dict(tally.removed), "rounds": tally.rounds})
-            else:
-                images = sample(n, labels=labels)
-            lab = labels if labels is not None else torch.full((n,), -1, dtype=torch.long)
-            part = parts / f"chunk_{k:05d}.csv"
-            if resumable is not None:  # listed before written: --overwrite removes them even after a SIGKILL
-                resumable.save({**state, "uids": uids}, planned=[
-                    *synthetic_file_names(info, start, n, count, fmt=fmt.value, modality=d.modality,
-                                          three_d=len(shape) == 4), part.relative_to(out).as_posix()])
-            df = write_synthetic_files(out, images, lab, modality=d.modality, fmt=fmt.value, info=info_k,
-                                       ct_window=d.ct_window, start=start, total=count, uids=uids, progress=False,
-                                       spacing=spacing)
-            write_csv(part, df)
-            del images, df
-            state = {"chunks_done": k + 1, "chunks": n_chunks, "chunk": chunk, "uids": uids, "tallies": list(tallies),
-                     "gate": gate_id}
-            if resumable is not None:
-                resumable.save(state)
-            bar.update(n)
-    concat_manifests([parts / f"chunk_{k:05d}.csv" for k in range(n_chunks)], out / "manifest.csv")
-    total = None
-    if release is not None:
-        from medsynth.metrics.gate import write_gate_record
-
-        total = _tally(tallies)
-        rec = release.gate.record(total)
-        if n_chunks > 1:
-            rec["chunks"] = {"n": n_chunks, "images_per_chunk": chunk,
-                             "rule": "each chunk sampled and gated on its own (latents seeded by (seed, chunk)); "
-                                     "the counts above total all chunks, rounds included"}
-        write_gate_record(out, rec)
-    import shutil
-
-    shutil.rmtree(parts)
-    return count, total, n_chunks
-
-
-def _tally(tallies: list[dict] | None = None):
-    """The gate's counts summed over chunks (``tallies``: per chunk ``{"screened", "removed", "rounds"}``)."""
-    from medsynth.metrics.gate import GateTally
-
-    total = GateTally()
-    for t in tallies or []:
-        total.screened += int(t["screened"])
-        total.rounds += int(t["rounds"])
-        for space, v in t["removed"].items():
-            total.removed[space] = total.removed.get(space, 0) + int(v)
-    return total
 
 
 # -------------------------------------------------------------------------------------------- release gate
@@ -1473,7 +1356,8 @@ def trial(
 ):
     """A declared augmentation trial (issue 16): generators trained per real subset, classifier arms with
     controls and doses, hierarchical bootstrap, Holm-corrected secondary family. Resumable part by part;
-    a folder started under another protocol is refused."""
+    a folder started under another protocol is refused. Start the same command again (another shell or
+    host sharing OUT) for more workers: they share the parts through claim files."""
     from medsynth.downstream.trial import analyse_trial, load_protocol, run_trial
 
     t0 = time.perf_counter()

@@ -262,3 +262,68 @@ def test_cli_analyse_only(finished, tmp_path):
     assert "primary [complete]: dcgan@1 - real at 50% real" in res.output
     bad = CliRunner().invoke(app, ["trial", "--analyse-only", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "not a trial folder" in bad.output
+
+
+def test_claimed_part_is_left_to_its_worker_and_a_stale_claim_is_taken_over(finished, tmp_path):
+    """Concurrent workers: a part claimed by a live process is not run (wait=False returns), the
+    rest is; a claim by a dead process is taken over; the finished trial equals one run straight."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, proto, real = finished[:3]
+    folder = tmp_path / "t"
+    shutil.copytree(tmp / "resumed", folder, ignore=shutil.ignore_patterns("trial.json"))
+    victims = sorted((folder / "parts" / "classifier").glob("*.json"))[:2]
+    for v in victims:
+        v.unlink()
+    live, dead = (v.with_suffix(".claim") for v in victims)
+    live.write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "started": 0}))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead.write_text(json.dumps({"pid": int(gone.stdout), "host": __import__("socket").gethostname(), "started": 0}))
+    info = run_trial(real, proto, folder, trainer=None, wait=False)
+    assert info["ran"] == 1 and info["remaining"] == 1 and not info["complete"]
+    assert victims[1].is_file() and not dead.exists()  # taken over, run, released
+    assert not victims[0].is_file() and live.exists()  # left to its (live) worker
+    live.unlink()  # that worker "stops"; nobody holds the part now
+    info = run_trial(real, proto, folder, trainer=None)
+    assert info["ran"] == 1 and info["complete"]
+    a = json.loads((folder / "trial.json").read_text())
+    b = json.loads((tmp / "straight" / "trial.json").read_text())
+    assert a == b
+
+
+def test_two_workers_share_one_trial(tmp_path):
+    """Two processes on one trial folder: every part runs exactly once, and the answer equals a
+    single worker's."""
+    import subprocess
+    import sys
+
+    proto_path = _protocol_file(tmp_path, fractions=[0.5], secondary=[
+        {"a": "dcgan@1", "b": "real-equal-steps", "fraction": 0.5}])
+    # both workers import, report ready, then start together on a signal (so both find work)
+    code = ("import sys, json, time, pathlib; sys.path.insert(0, %r); import test_trial as t; "
+            "from medsynth.downstream.trial import load_protocol, run_trial; "
+            "d = pathlib.Path(sys.argv[2]).parent; (d / ('ready%%s' %% sys.argv[3])).touch(); "
+            "[time.sleep(0.05) for _ in range(2000) if not (d / 'go').exists()]; "
+            "info = run_trial(t._real(), load_protocol(sys.argv[1]), sys.argv[2], trainer=t._trainer, poll_s=0.2); "
+            "print(json.dumps({'ran': info['ran'], 'complete': info['complete']}))") % str(
+        __import__("pathlib").Path(__file__).parent)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(proto_path), str(tmp_path / "shared"), str(i)],
+                              stdout=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    for _ in range(2400):
+        if all((tmp_path / f"ready{i}").exists() for i in range(2)):
+            break
+        __import__("time").sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    single = run_trial(_real(), load_protocol(proto_path), tmp_path / "single", trainer=_trainer)
+    assert sum(o["ran"] for o in outs) == single["parts"] and all(o["ran"] >= 1 for o in outs)
+    assert not list((tmp_path / "shared" / "parts").glob("*/*.claim"))
+    a = json.loads((tmp_path / "shared" / "trial.json").read_text())
+    b = json.loads((tmp_path / "single" / "trial.json").read_text())
+    assert a == b
+    timed = {f"{f.parent.name}/{f.stem}" for f in (tmp_path / "shared" / "timings").glob("*/*.json")}
+    assert len(timed) == single["parts"]

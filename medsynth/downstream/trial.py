@@ -51,7 +51,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -628,9 +630,90 @@ def _run_classifier(ctx: _Ctx, part: Part) -> dict:
 _RUNNERS = {"encoder": _run_encoder, "generator": _run_generator, "pool": _run_pool, "classifier": _run_classifier}
 
 
+def _dep_paths(out: Path, part: Part) -> list[Path]:
+    """Record files that must exist before ``part`` can run (its pool's generator and the encoder;
+    a synthetic arm's pool)."""
+    if part.kind == "pool":
+        return [out / "parts" / "generator" / f"{part.key}.json", out / "parts" / "encoder" / "encoder.json"]
+    if part.kind == "classifier" and part.generator is not None:
+        g, _ = parse_arm(part.arm)
+        return [out / "parts" / "pool" / f"{gen_key(g, part.fraction, part.repeat)}.json"]
+    return []
+
+
+def _claim_path(out: Path, part: Part) -> Path:
+    return out / "parts" / part.kind / f"{part.key}.claim"
+
+
+def _claim_is_stale(path: Path) -> bool:
+    """A claim by a process of this host that no longer runs (or an unreadable claim older than a
+    minute: a worker killed between creating and writing it). Claims of other hosts count as live."""
+    try:
+        c = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except FileNotFoundError:
+            return False
+    if c.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(c["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _claim(path: Path) -> bool:
+    """Claim a part for this process by creating ``path`` exclusively (``O_EXCL``), holding
+    ``{"pid", "host", "started"}``. A stale claim (:func:`_claim_is_stale`) is taken over: it is
+    renamed away first, so of two workers taking over the same claim only one succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if attempt or not _claim_is_stale(path):
+                return False
+            try:
+                os.rename(path, path.with_name(f"{path.name}.stale-{os.getpid()}"))
+            except FileNotFoundError:
+                return False
+            path.with_name(f"{path.name}.stale-{os.getpid()}").unlink(missing_ok=True)
+            log.info("trial: taking over the stale claim %s", path)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, fh)
+        return True
+    return False
+
+
+def trial_timings(out: str | Path) -> dict[str, dict]:
+    """``{"<kind>/<key>": {"wall_s", "cpu_s"}}`` of every part run, from ``OUT/timings/`` (one file per
+    part, so concurrent workers never write the same file) and an older single ``timings.json``."""
+    out = Path(out)
+    t = dict(_read_json(out / "timings.json")["parts"]) if (out / "timings.json").is_file() else {}
+    if (out / "timings").is_dir():
+        for f in sorted((out / "timings").glob("*/*.json")):
+            t[f"{f.parent.name}/{f.stem}"] = _read_json(f)
+    return t
+
+
 def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Trainer | None,
-              max_parts: int | None = None, analyse: bool = True) -> dict:
+              max_parts: int | None = None, analyse: bool = True, wait: bool = True,
+              poll_s: float = 10.0) -> dict:
     """Run the missing parts of a trial, then analyse what is there.
+
+    Several workers (processes, on one or more hosts sharing ``out``) may run the same trial at
+    once: each part is claimed by creating ``OUT/parts/<kind>/<key>.claim`` exclusively, a part
+    runs only once its inputs exist (a pool after its generator and the encoder, a synthetic arm
+    after its pool), and a worker waits while every part it could run is claimed by another.
+    A claim left by a dead process of this host is taken over; one from another host must be
+    deleted by hand if its worker died.
 
     Args:
         real: ``ImageSet`` with ``images`` ``(N, 1, *S)`` in ``[-1, 1]`` at the protocol's size,
@@ -642,10 +725,12 @@ def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Traine
             ``cfg``'s budget (``None``: refused when a generator part is missing).
         max_parts: run at most this many missing parts, then stop (``None``: all).
         analyse: write ``trial.json`` / ``trial.md`` / the figures at the end.
+        wait: when every runnable part is claimed by another worker, wait for it (``poll_s``
+            seconds between looks); ``False``: return instead.
 
     Returns:
         ``{"parts", "done_before", "ran", "remaining", "complete", "analysis"}`` (``analysis``:
-        the ``trial.json`` dict or ``None``).
+        the ``trial.json`` dict or ``None``; ``remaining`` counts parts other workers still hold).
 
     Raises:
         MedsynthError: missing splits or classes, patient leakage, a changed protocol or data in
@@ -665,31 +750,45 @@ def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Traine
                np.asarray(real.splits), subsets, trainer)
     shas = {key: _subset_sha(pids, idx) for key, idx in subsets.items()}
     parts = plan_trial(protocol, shas)
-    todo = [pt for pt in parts if not _record_path(out, pt).is_file()]
-    done_before = len(parts) - len(todo)
+    done_before = sum(_record_path(out, pt).is_file() for pt in parts)
     ran = 0
-    timings_path = out / "timings.json"
-    timings = _read_json(timings_path) if timings_path.is_file() else {"parts": {}}
     threads = torch.get_num_threads()
     torch.set_num_threads(protocol.threads)
     try:
         with Progress("trial", len(parts), "parts", initial=done_before) as bar:
-            for pt in todo:
-                if max_parts is not None and ran >= max_parts:
+            while max_parts is None or ran < max_parts:
+                pending = [pt for pt in parts if not _record_path(out, pt).is_file()]
+                if not pending:
                     break
-                bar.set_postfix(f"{pt.kind} {pt.key}")
-                t0, c0 = time.perf_counter(), time.process_time()
-                rec = _RUNNERS[pt.kind](ctx, pt)
-                torch.set_num_threads(protocol.threads)  # a generator run may have set its own
-                _write_json(_record_path(out, pt), rec)
-                timings["parts"][f"{pt.kind}/{pt.key}"] = {"wall_s": round(time.perf_counter() - t0, 2),
-                                                           "cpu_s": round(time.process_time() - c0, 2)}
-                _write_json(timings_path, timings)
+                pt = next((q for q in pending if all(d.is_file() for d in _dep_paths(out, q))
+                           and _claim(_claim_path(out, q))), None)
+                if pt is None:
+                    held = [q for q in pending if _claim_path(out, q).exists()]
+                    if not held:
+                        raise MedsynthError(out, f"{len(pending)} part(s) cannot run and no worker holds one")
+                    if not wait:
+                        break
+                    bar.set_postfix(f"waiting: {len(held)} part(s) held by other workers")
+                    time.sleep(poll_s)
+                    continue
+                try:
+                    if _record_path(out, pt).is_file():  # finished by another worker since the look
+                        continue
+                    bar.set_postfix(f"{pt.kind} {pt.key}")
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    rec = _RUNNERS[pt.kind](ctx, pt)
+                    torch.set_num_threads(protocol.threads)  # a generator run may have set its own
+                    _write_json(_record_path(out, pt), rec)
+                    _write_json(out / "timings" / pt.kind / f"{pt.key}.json",
+                                {"wall_s": round(time.perf_counter() - t0, 2),
+                                 "cpu_s": round(time.process_time() - c0, 2)})
+                finally:
+                    _claim_path(out, pt).unlink(missing_ok=True)
                 ran += 1
                 bar.update(1)
     finally:
         torch.set_num_threads(threads)
-    remaining = len(todo) - ran
+    remaining = sum(not _record_path(out, pt).is_file() for pt in parts)
     analysis = analyse_trial(out) if analyse else None
     return {"parts": len(parts), "done_before": done_before, "ran": ran, "remaining": remaining,
             "complete": remaining == 0, "analysis": analysis}

@@ -7,7 +7,7 @@ equal-steps and duplicated-real controls, hierarchical bootstrap, Holm family). 
 the data, runs (or continues) the trial in ``--runs`` and, with ``--publish``, copies the shareable
 results into ``reports/augmentation_trial/<data>/``: ``trial.json``, ``trial.md``, the two figures,
 ``protocol.yaml``, ``generators.json`` (every generator's fingerprint) and ``wall_time.json`` (the
-trial's wall and CPU time from ``timings.json``, and the same settings extrapolated to 4x the data).
+trial's wall and CPU time from its part timings, and the same settings extrapolated to 4x the data).
 
 Usage (from the repository root)::
 
@@ -37,13 +37,13 @@ PUBLISHED = ("trial.json", "trial.md", "dose_response.png", "fidelity_vs_gain.pn
 def protocol_path(data: str) -> Path:
     from medsynth.downstream.trial import DEFAULT_PROTOCOL
 
-    return HERE / "lidc.yaml" if data == "lidc" else DEFAULT_PROTOCOL
+    return HERE / f"{data}.yaml" if data.startswith("lidc") else DEFAULT_PROTOCOL
 
 
 def load_real(data: str, protocol):
     """The real ImageSet at the protocol's size (LIDC: :func:`medsynth.data.lidc.load_lidc`)."""
     d = protocol.data
-    if data == "lidc":
+    if data.startswith("lidc"):
         from medsynth.data.lidc import load_lidc
 
         if not LIDC.is_dir():
@@ -63,7 +63,9 @@ def wall_time(folder: Path) -> dict:
     epochs, pools of ratio x n); generator runs keep their CPU budget; the encoder trains for a fixed
     number of steps and fidelity uses a fixed count. Times measured on a shared, contended CPU.
     """
-    t = json.loads((folder / "timings.json").read_text())["parts"] if (folder / "timings.json").is_file() else {}
+    from medsynth.downstream.trial import trial_timings
+
+    t = trial_timings(folder)
     by: dict[str, dict[str, float]] = {}
     for key, v in t.items():
         k = by.setdefault(key.split("/")[0], {"wall_s": 0.0, "cpu_s": 0.0, "n": 0})
@@ -114,7 +116,7 @@ def publish(folder: Path, dest: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipelines.studies.augmentation_trial", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=("lidc", "phantom"), default="lidc")
+    ap.add_argument("--data", choices=("lidc", "lidc64", "phantom"), default="lidc")
     ap.add_argument("--runs", default="runs/augmentation_trial", help="parent of the trial folders")
     ap.add_argument("--out", default="reports/augmentation_trial", help="where --publish copies the results")
     ap.add_argument("--analyse-only", action="store_true", help="rewrite the analysis of what has run")
