@@ -297,9 +297,10 @@ def _subset_sha(pids: np.ndarray, idx: np.ndarray) -> str:
 
 
 def plan_trial(protocol: TrialProtocol, subset_shas: dict[tuple[float, int], str]) -> list[Part]:
-    """Every part of the trial in execution order: the encoder, then per fraction and repeat the
-    generator runs, their pools and the classifier runs (the first fraction first, so a partial
-    trial has the primary cells first). Duplicated real-arm parts appear once."""
+    """Every part of the trial in execution order: the encoder, then per fraction the generator runs
+    and their pools of every repeat, then the classifier runs (the first fraction first, so a partial
+    trial has the primary cells first; generators first, so concurrent workers are not left waiting
+    for a pool). Duplicated real-arm parts appear once."""
     parts: list[Part] = [Part("encoder", "encoder")]
     seen = set()
     for f in protocol.fractions:
@@ -308,6 +309,7 @@ def plan_trial(protocol: TrialProtocol, subset_shas: dict[tuple[float, int], str
                 if r < spec.repeats:
                     parts.append(Part("generator", gen_key(g, f, r), f, r, g))
                     parts.append(Part("pool", gen_key(g, f, r), f, r, g))
+        for r in range(protocol.max_repeats):
             for s in protocol.classifier_seeds:
                 for arm in protocol.arms(f, r):
                     key = clf_key(arm, f, r, s, subset_shas[(f, r)])
