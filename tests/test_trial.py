@@ -327,3 +327,21 @@ def test_two_workers_share_one_trial(tmp_path):
     assert a == b
     timed = {f"{f.parent.name}/{f.stem}" for f in (tmp_path / "shared" / "timings").glob("*/*.json")}
     assert len(timed) == single["parts"]
+
+
+def test_partial_trial_counts_missing_comparisons_in_holm(finished, tmp_path):
+    """A comparison not yet available enters Holm as p = 1 (the declared family size m is kept), so a
+    partial report's adjusted p-values are never smaller than the complete trial's could be."""
+    from medsynth.downstream.trial import analyse_trial
+
+    tmp = finished[0]
+    folder = tmp_path / "t"
+    shutil.copytree(tmp / "resumed", folder)
+    for f in (folder / "parts" / "classifier").glob("dcgan@1_f1_*.json"):  # the 100 % comparison's arm
+        f.unlink()
+    res = analyse_trial(folder)
+    sec = res["secondary"]
+    assert res["status"] == "partial" and not sec[-1].get("available")
+    ps = [c["p"] for c in sec[:-1]] + [1.0]
+    assert [c["p_holm"] for c in sec[:-1]] == pytest.approx(holm(ps)[:-1].tolist())
+    assert "p_holm" not in sec[-1]

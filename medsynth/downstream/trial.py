@@ -887,10 +887,12 @@ def analyse_trial(out: str | Path) -> dict:
     secondary = [_compare(protocol, data, clf, c) for c in protocol.secondary]
     avail = [i for i, c in enumerate(secondary) if c.get("available")]
     if avail:
-        adj = holm([secondary[i]["p"] for i in avail])
-        for i, q in zip(avail, adj):
-            secondary[i]["p_holm"] = float(q)
-            secondary[i]["reject"] = bool(q <= protocol.alpha)
+        # Holm over the declared family: a comparison not yet available counts as p = 1, which can only
+        # raise the others' adjusted p (a partial trial never rejects more than the complete one could)
+        adj = holm([c["p"] if c.get("available") else 1.0 for c in secondary])
+        for i in avail:
+            secondary[i]["p_holm"] = float(adj[i])
+            secondary[i]["reject"] = bool(adj[i] <= protocol.alpha)
     runs = []
     for key, g in sorted(gens.items()):
         pool = pools.get(key)
