@@ -345,3 +345,26 @@ def test_partial_trial_counts_missing_comparisons_in_holm(finished, tmp_path):
     ps = [c["p"] for c in sec[:-1]] + [1.0]
     assert [c["p_holm"] for c in sec[:-1]] == pytest.approx(holm(ps)[:-1].tolist())
     assert "p_holm" not in sec[-1]
+
+
+def test_claims_of_other_hosts_go_stale_without_heartbeat(tmp_path, monkeypatch):
+    """A claim from another host is live while its worker's heartbeat touches it and stale once it
+    has been untouched for CLAIM_STALE_S; the heartbeat keeps a claim fresh and stops on request."""
+    import os
+    import time
+
+    import medsynth.downstream.trial as T
+
+    claim = tmp_path / "part.claim"
+    claim.write_text(json.dumps({"pid": 1, "host": "another-host", "started": 0}))
+    assert not T._claim_is_stale(claim)
+    old = time.time() - T.CLAIM_STALE_S - 5
+    os.utime(claim, (old, old))
+    assert T._claim_is_stale(claim)
+    assert T._claim(claim) and json.loads(claim.read_text())["pid"] == os.getpid()  # taken over
+    os.utime(claim, (old, old))
+    monkeypatch.setattr(T, "CLAIM_HEARTBEAT_S", 0.05)
+    beat = T._Heartbeat(claim)
+    time.sleep(0.5)
+    beat.stop()
+    assert time.time() - claim.stat().st_mtime < 5 and not T._claim_is_stale(claim)

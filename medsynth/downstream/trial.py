@@ -54,6 +54,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -647,18 +648,25 @@ def _claim_path(out: Path, part: Part) -> Path:
     return out / "parts" / part.kind / f"{part.key}.claim"
 
 
+#: a worker touches its claim this often (seconds) while the part runs ...
+CLAIM_HEARTBEAT_S = 60.0
+#: ... and a claim untouched for this long is stale, whichever host made it
+CLAIM_STALE_S = 600.0
+
+
 def _claim_is_stale(path: Path) -> bool:
-    """A claim by a process of this host that no longer runs (or an unreadable claim older than a
-    minute: a worker killed between creating and writing it). Claims of other hosts count as live."""
+    """A claim nobody keeps: untouched for :data:`CLAIM_STALE_S` (its worker's heartbeat stopped: the
+    worker died, on any host), or made by a process of this host that no longer runs, or unreadable
+    and older than a minute (a worker killed between creating and writing it)."""
     try:
+        age = time.time() - path.stat().st_mtime
         c = json.loads(path.read_text())
     except FileNotFoundError:
         return False
     except (OSError, ValueError):
-        try:
-            return time.time() - path.stat().st_mtime > 60
-        except FileNotFoundError:
-            return False
+        return age > 60
+    if age > CLAIM_STALE_S:
+        return True
     if c.get("host") != socket.gethostname():
         return False
     try:
@@ -694,6 +702,27 @@ def _claim(path: Path) -> bool:
     return False
 
 
+class _Heartbeat:
+    """Touch ``path`` every :data:`CLAIM_HEARTBEAT_S` seconds from a daemon thread until :meth:`stop`,
+    so other workers see the claim is kept (a dead worker's claim goes stale)."""
+
+    def __init__(self, path: Path):
+        self.path, self._stop = path, threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claim {path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CLAIM_HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def trial_timings(out: str | Path) -> dict[str, dict]:
     """``{"<kind>/<key>": {"wall_s", "cpu_s"}}`` of every part run, from ``OUT/timings/`` (one file per
     part, so concurrent workers never write the same file) and an older single ``timings.json``."""
@@ -714,8 +743,8 @@ def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Traine
     once: each part is claimed by creating ``OUT/parts/<kind>/<key>.claim`` exclusively, a part
     runs only once its inputs exist (a pool after its generator and the encoder, a synthetic arm
     after its pool), and a worker waits while every part it could run is claimed by another.
-    A claim left by a dead process of this host is taken over; one from another host must be
-    deleted by hand if its worker died.
+    A worker touches its claim every minute while the part runs; a claim untouched for ten minutes
+    (its worker died, on any host) or left by a dead process of this host is taken over.
 
     Args:
         real: ``ImageSet`` with ``images`` ``(N, 1, *S)`` in ``[-1, 1]`` at the protocol's size,
@@ -773,6 +802,7 @@ def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Traine
                     bar.set_postfix(f"waiting: {len(held)} part(s) held by other workers")
                     time.sleep(poll_s)
                     continue
+                beat = _Heartbeat(_claim_path(out, pt))
                 try:
                     if _record_path(out, pt).is_file():  # finished by another worker since the look
                         continue
@@ -785,6 +815,7 @@ def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Traine
                                 {"wall_s": round(time.perf_counter() - t0, 2),
                                  "cpu_s": round(time.process_time() - c0, 2)})
                 finally:
+                    beat.stop()
                     _claim_path(out, pt).unlink(missing_ok=True)
                 ran += 1
                 bar.update(1)
