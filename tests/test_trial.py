@@ -363,6 +363,7 @@ def test_claims_of_other_hosts_go_stale_without_heartbeat(tmp_path, monkeypatch)
     assert T._claim_is_stale(claim)
     assert T._claim(claim) and json.loads(claim.read_text())["pid"] == os.getpid()  # taken over
     os.utime(claim, (old, old))
+    assert not T._claim_is_stale(claim)  # this host's live process holds it, heartbeat or not
     monkeypatch.setattr(T, "CLAIM_HEARTBEAT_S", 0.05)
     beat = T._Heartbeat(claim)
     time.sleep(0.5)

@@ -655,9 +655,9 @@ CLAIM_STALE_S = 600.0
 
 
 def _claim_is_stale(path: Path) -> bool:
-    """A claim nobody keeps: untouched for :data:`CLAIM_STALE_S` (its worker's heartbeat stopped: the
-    worker died, on any host), or made by a process of this host that no longer runs, or unreadable
-    and older than a minute (a worker killed between creating and writing it)."""
+    """A claim nobody keeps. Made on this host: its process no longer runs. Made on another host:
+    untouched for :data:`CLAIM_STALE_S` (its worker's heartbeat stopped). Unreadable: older than a
+    minute (a worker killed between creating and writing it)."""
     try:
         age = time.time() - path.stat().st_mtime
         c = json.loads(path.read_text())
@@ -665,10 +665,8 @@ def _claim_is_stale(path: Path) -> bool:
         return False
     except (OSError, ValueError):
         return age > 60
-    if age > CLAIM_STALE_S:
-        return True
     if c.get("host") != socket.gethostname():
-        return False
+        return age > CLAIM_STALE_S
     try:
         os.kill(int(c["pid"]), 0)
     except ProcessLookupError:
@@ -743,8 +741,8 @@ def run_trial(real, protocol: TrialProtocol, out: str | Path, *, trainer: Traine
     once: each part is claimed by creating ``OUT/parts/<kind>/<key>.claim`` exclusively, a part
     runs only once its inputs exist (a pool after its generator and the encoder, a synthetic arm
     after its pool), and a worker waits while every part it could run is claimed by another.
-    A worker touches its claim every minute while the part runs; a claim untouched for ten minutes
-    (its worker died, on any host) or left by a dead process of this host is taken over.
+    A worker touches its claim every minute while the part runs; a claim left by a dead process of
+    this host, or one of another host untouched for ten minutes (its worker died), is taken over.
 
     Args:
         real: ``ImageSet`` with ``images`` ``(N, 1, *S)`` in ``[-1, 1]`` at the protocol's size,
