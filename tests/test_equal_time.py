@@ -63,6 +63,22 @@ def test_markdown_adds_the_per_class_table():
     assert "class 1" not in md  # skipped everywhere
 
 
+def test_markdown_shows_the_two_sample_test_beside_the_fd():
+    ts = {"auroc": 0.987654, "ci": [0.97, 0.999], "p_value": 1e-9, "m": 252, "floor": {"auroc": 0.52, "ci": [0.45, 0.6]}}
+    row = dict(_row("progan", 30.0), two_sample=et._two_sample(ts))
+    assert row["two_sample"]["floor_auroc"] == 0.52 and row["two_sample"]["m"] == 252
+    res = {"data": "d", "modality": "xray", "size": 64, "minutes": 20.0, "jobs": 2, "count": 500,
+           "encoder_fingerprint": "abc", "command": "c", "reference": "dcgan", "machine": "x", "torch": "2",
+           "date": "2026-12-06", "arms": [_row("dcgan", 40.0), row,
+                                          dict(_row("sagan", 50.0), two_sample={"skipped": "too few"})]}
+    md = et.markdown(res)
+    assert "| progan | 10 | 0.64 | 50.0 | 30.0 ± 1.0 | -10.0 (-25 %) | 0.988 [0.970, 0.999] |" in md
+    assert "| dcgan | 10 | 0.64 | 50.0 | 40.0 ± 1.0 | reference | – |" in md  # scored before the test existed
+    assert "| sagan |" in md and "| skipped |" in md
+    assert "two halves of the real images gives 0.520" in md
+    assert et._two_sample(None) is None
+
+
 def test_scored_evaluation_is_reused_only_with_the_same_encoder(tmp_path):
     from medsynth.metrics.fidelity import encoder_fingerprint, save_encoder, train_feature_encoder
 

@@ -99,6 +99,26 @@ def _ms(d: dict) -> dict:
     return {"mean": float(d["mean"]), "sd": float(d["sd"])}
 
 
+def _two_sample(ts: dict | None) -> dict | None:
+    """The classifier two-sample test's AUROC, CI, p and real-half floor (``None``: scored before the test existed)."""
+    if ts is None:
+        return None
+    if "skipped" in ts:
+        return {"skipped": ts["skipped"]}
+    fl = ts.get("floor") or {}
+    return {"auroc": float(ts["auroc"]), "ci": [float(c) for c in ts["ci"]], "p_value": float(ts["p_value"]),
+            "m": int(ts["m"]), "floor_auroc": float(fl["auroc"]) if fl else None,
+            "floor_ci": [float(c) for c in fl["ci"]] if fl else None}
+
+
+def _two_sample_cell(ts: dict | None) -> str:
+    if ts is None:
+        return "–"
+    if "skipped" in ts:
+        return "skipped"
+    return f"{ts['auroc']:.3f} [{ts['ci'][0]:.3f}, {ts['ci'][1]:.3f}]"
+
+
 def summarise(arm: str, run: Path, ev: dict) -> dict:
     from medsynth.config import load_config
 
@@ -125,6 +145,7 @@ def summarise(arm: str, run: Path, ev: dict) -> dict:
         "dcr_median": float(priv["dcr"]["median"]), "dcr_real_median": float(priv["dcr"]["real_median"]),
         "memorisation_flag": bool(priv["memorisation_flag"]),
         "encoder_fingerprint": fid["encoder"]["fingerprint"],
+        "two_sample": _two_sample(fid.get("two_sample")),
         "per_class": {c: ({"skipped": d["skipped"]} if "skipped" in d else
                           {"fd": _ms(d["fd"]), "fd_floor": _ms(d["fd_floor"]),
                            **{k: _ms(d["prdc"][k]) for k in ("precision", "recall", "coverage")}})
@@ -171,9 +192,10 @@ def markdown(res: dict) -> str:
            f"synthetic images per arm. "
            f"FD: mean ± sd over 5 real/synthetic splits; real-vs-real floor "
            f"{floor['mean']:.1f} ± {floor['sd']:.1f}. Command: `{res['command']}`.", "",
-           "| arm | steps | G kimg | G img/CPU-s | FD | FD vs " + ref + " | KID | precision | recall | density "
-           "| coverage | MS-SSIM (real " + (f"{rows[0]['ms_ssim_real']:.3f}" if rows else "") + ") | memorised | grid |",
-           "|" + " --- |" * 14]
+           "| arm | steps | G kimg | G img/CPU-s | FD | FD vs " + ref + " | two-sample AUROC [95 % CI] | KID "
+           "| precision | recall | density | coverage | MS-SSIM (real "
+           + (f"{rows[0]['ms_ssim_real']:.3f}" if rows else "") + ") | memorised | grid |",
+           "|" + " --- |" * 15]
     for r in rows:
         if refd is not None and r is not refd:
             diff = r["fd"]["mean"] - refd["fd"]["mean"]
@@ -182,7 +204,8 @@ def markdown(res: dict) -> str:
             vs = "reference"
         out.append(
             f"| {r['arm']} | {r['steps']} | {r['kimg_g']:g} | {r['g_img_per_cpu_s']:.1f} | "
-            f"{r['fd']['mean']:.1f} ± {r['fd']['sd']:.1f} | {vs} | {r['kid']['mean']:.3f} | "
+            f"{r['fd']['mean']:.1f} ± {r['fd']['sd']:.1f} | {vs} | {_two_sample_cell(r.get('two_sample'))} | "
+            f"{r['kid']['mean']:.3f} | "
             f"{r['precision']['mean']:.3f} | {r['recall']['mean']:.3f} | {r['density']['mean']:.3f} | "
             f"{r['coverage']['mean']:.3f} | {r['ms_ssim_synthetic']:.3f} | "
             f"{100 * r['dcr_frac_below_real_p1']:.1f} % | `grid_{r['arm'].replace(':', '_')}.png` |")
@@ -199,7 +222,12 @@ def markdown(res: dict) -> str:
                              f"{d['fd']['mean']:.1f} ({d['fd_floor']['mean']:.1f}) / {d['recall']['mean']:.2f} / "
                              f"{d['coverage']['mean']:.2f}")
             out.append(f"| {r['arm']} | " + " | ".join(cells) + " |")
-    out += ["", "Memorised: synthetic images closer (pixel L2) to a training image than the real 1st "
+    fl = next((r["two_sample"] for r in rows if r.get("two_sample") and r["two_sample"].get("floor_auroc") is not None),
+              None)
+    out += ["", "Two-sample AUROC: a small CNN trained to tell this arm's synthetic images from real training "
+            "images, out-of-fold AUROC with a bootstrap CI (0.5 = indistinguishable, 1 = always told apart)"
+            + (f"; the same test on two halves of the real images gives {fl['floor_auroc']:.3f}" if fl else "")
+            + ". Memorised: synthetic images closer (pixel L2) to a training image than the real 1st "
             "percentile of training-to-training distances (flag above 5 %). MS-SSIM: mean over random "
             "pairs of synthetic images (lower = more diverse; the real set's value in the header).",
             "", f"Machine: {res['machine']}; torch {res['torch']}; {res['date']}."]
