@@ -129,6 +129,7 @@ def summarise(arm: str, run: Path, ev: dict) -> dict:
     pr = fid["prdc"]
     return {
         "arm": arm, "model": cfg.model.name, "augment": cfg.model.params.get("augment", "none"),
+        "width": int(cfg.model.width),
         "run": str(run), "steps": info["step"], "batch_size": int(cfg.train.batch_size),
         "kimg_g": round(info["step"] * int(cfg.train.batch_size) / 1000, 2),
         "cpu_seconds": round(info["cpu_seconds"], 1), "wall_seconds": round(info["seconds"], 1),
